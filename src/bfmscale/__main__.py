@@ -1,0 +1,7 @@
+"""`python -m bfmscale` = the `bfmscale` command."""
+
+import sys
+
+from bfmscale.cli import main
+
+sys.exit(main())

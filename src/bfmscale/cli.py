@@ -1,0 +1,100 @@
+"""`bfmscale` command line: fetch, prepare, notebook (and, later, run / sweep / fit / report)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bfmscale.errors import BfmError
+from bfmscale.logging_setup import setup_logging
+
+log = logging.getLogger("bfmscale")
+
+
+def _profile_dataset(args: argparse.Namespace) -> tuple[dict, str]:
+    from bfmscale.params import load_params, resolve_profile
+
+    params = load_params(args.params)
+    if args.dataset:
+        return params, args.dataset
+    return params, resolve_profile(params, args.profile, source=str(args.params)).dataset
+
+
+def cmd_fetch(args: argparse.Namespace) -> None:
+    from bfmscale.data.fetch import fetch
+    from bfmscale.data.sources import dataset_spec
+
+    params, name = _profile_dataset(args)
+    spec = dataset_spec(params, name, source=str(args.params))
+    fetch(spec, Path(args.raw), base=Path(args.params).resolve().parent)
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from bfmscale.data.prepare import PrepareConfig, prepare
+    from bfmscale.data.readers import read_raw
+
+    params, name = _profile_dataset(args)
+    cfg = PrepareConfig.from_params(params)
+    stats = prepare(read_raw(Path(args.raw) / name), Path(args.out) / name, cfg, name)
+    b, a = stats["before_filter"], stats["after_filter"]
+    print(f"{name}: before filter {b['users']:,} users / {b['items']:,} items / {b['events']:,} events; "
+          f"after (min_history={cfg.min_history}) {a['users']:,} / {a['items']:,} / {a['events']:,}")
+
+
+def cmd_notebook(args: argparse.Namespace) -> None:
+    from bfmscale.notebooks import render_notebook
+
+    params, name = _profile_dataset(args)
+    extra = dict(kv.split("=", 1) for kv in args.param)
+    render_notebook(Path(args.notebooks) / f"{args.name}.ipynb", Path(args.results), {"dataset": name, **extra})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bfmscale", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+        p.add_argument("--profile", default=None, help="profile to use (default: params' `profile`)")
+        p.add_argument("--dataset", default=None, help="dataset name (default: the profile's)")
+
+    p = sub.add_parser("fetch", help="download and verify the profile's dataset into data/raw/<dataset>/")
+    common(p)
+    p.add_argument("--raw", default="data/raw")
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("prepare", help="write the canonical dataset to data/prepared/<dataset>/")
+    common(p)
+    p.add_argument("--raw", default="data/raw")
+    p.add_argument("--out", default="data/prepared")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("notebook", help="execute notebooks/<name>.ipynb with papermill; write .ipynb and .html")
+    common(p)
+    p.add_argument("name")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="extra notebook parameter")
+    p.add_argument("--notebooks", default="notebooks")
+    p.add_argument("--results", default="results")
+    p.set_defaults(func=cmd_notebook)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        args.func(args)
+    except BfmError as exc:
+        print(f"bfmscale {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bfmscale {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: fetch (registry wheel / URL / own parquet), schema validation, prepare."""

@@ -1,0 +1,39 @@
+"""Run a parameterized notebook with papermill and render it to HTML, both written atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from bfmscale.atomic import atomic_path, write_text
+from bfmscale.errors import BfmError
+
+log = logging.getLogger(__name__)
+
+
+def render_notebook(src: Path, results: Path, parameters: dict[str, Any], cwd: Path | None = None) -> tuple[Path, Path]:
+    """Execute `src` into results/notebooks/<name>.ipynb and export <name>.html; a failing cell is a one-line error."""
+    import papermill
+    from nbconvert import HTMLExporter
+
+    if not src.is_file():
+        raise BfmError(f"{src}: notebook not found; expected one of notebooks/*.ipynb")
+    out_dir = results / "notebooks"
+    out_nb, out_html = out_dir / f"{src.stem}.ipynb", out_dir / f"{src.stem}.html"
+    failed = out_dir / f"{src.stem}.failed.ipynb"
+    log.info("executing %s with %s", src, parameters)
+    with atomic_path(out_nb) as tmp:
+        try:
+            papermill.execute_notebook(str(src), str(tmp), parameters=parameters, kernel_name="python3",
+                                       cwd=str(cwd or Path.cwd()), progress_bar=True)
+        except papermill.PapermillExecutionError as exc:
+            os.replace(tmp, failed)
+            raise BfmError(f"{src}: cell {exc.exec_count} raised {exc.ename}: {exc.evalue}; "
+                           f"the executed notebook is in {failed}") from exc
+    failed.unlink(missing_ok=True)
+    body, _ = HTMLExporter().from_filename(str(out_nb))
+    write_text(out_html, body)
+    log.info("wrote %s and %s", out_nb, out_html)
+    return out_nb, out_html
