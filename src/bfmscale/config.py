@@ -1,0 +1,222 @@
+"""Run configuration: ModelConfig, TrainConfig, DataConfig, RunConfig; a resolved config is plain JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bfmscale.errors import BfmError
+
+
+def _fail(name: str, value: Any, expected: str) -> None:
+    raise BfmError(f"{name} is {value!r}; expected {expected}")
+
+
+def _check(cond: bool, name: str, value: Any, expected: str) -> None:
+    if not cond:
+        _fail(name, value, expected)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Event embedder + decoder-only transformer."""
+
+    embedder: str = "id"  # "id": item-ID table only (SASRec / seed 002); "features": feature-based event embedder
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    d_ff: int = 256
+    max_len: int = 200  # history window T
+    dropout: float = 0.2  # embedding and residual dropout (attention itself has none: keeps SDPA on its fused kernel)
+    layerwise_dropout: bool = False  # seed 002: dropout falls linearly from `dropout` (first layer) to `dropout_min` (last)
+    dropout_min: float = 0.0
+    temperature: float = 1.0  # score = dot(context, candidate) / temperature
+    # Feature embedder (embedder == "features"); the size knobs are d_feature, mlp_hidden, mlp_layers, id_dim.
+    id_buckets: int = -1  # -1: exact item-ID table; 0: no ID embedding; >0: hashed IDs into this many buckets
+    id_dim: int = 32
+    d_feature: int = 16  # width of each categorical / multi-hot / text embedding
+    text_buckets: int = 2048  # hashed title tokens
+    mlp_hidden: int = 128
+    mlp_layers: int = 2  # Linear layers in the combining MLP (>= 1)
+    use_event_features: bool = True  # add a projection of the event's own features (rating) to history events
+
+    def __post_init__(self) -> None:
+        _check(self.embedder in ("id", "features"), "model.embedder", self.embedder, "'id' or 'features'")
+        for name in ("d_model", "n_layers", "n_heads", "d_ff", "max_len", "id_dim", "d_feature", "text_buckets",
+                     "mlp_hidden", "mlp_layers"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, f"model.{name}", value, "an integer >= 1")
+        _check(self.d_model % self.n_heads == 0, "model.d_model", self.d_model,
+               f"a multiple of model.n_heads={self.n_heads}")
+        _check(isinstance(self.id_buckets, int) and self.id_buckets >= -1, "model.id_buckets", self.id_buckets,
+               "-1 (exact), 0 (none) or a positive bucket count")
+        for name in ("dropout", "dropout_min"):
+            _check(0.0 <= getattr(self, name) < 1.0, f"model.{name}", getattr(self, name), "a number in [0, 1)")
+        _check(self.temperature > 0, "model.temperature", self.temperature, "a positive number")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+OBJECTIVES = ("full", "sampled", "inbatch")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training to a FLOP budget."""
+
+    flops: float = 1e13  # compute budget C (training FLOPs, analytic, forward + backward)
+    batch_size: int = 128  # sequences per step
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio exactly at the budget
+    warmup_frac: float = 0.02
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    objective: str = "full"  # full softmax over the catalog, sampled softmax, or in-batch negatives
+    n_negatives: int = 128  # K for the sampled objective
+    sampler: str = "uniform"  # or "popularity" (proportional to training frequency ** sampler_alpha)
+    sampler_alpha: float = 1.0
+    logq: bool = True  # logQ correction of sampled / in-batch logits
+    freeze_embedder: bool = False  # stage 2 (seed 000): embedder frozen, candidate embeddings cached
+    init_from: str | None = None  # checkpoint (model state) to start from, e.g. a stage-1 run's model.pt
+    save_checkpoint: bool = False
+    sgd_switch_frac: float | None = None  # seed 002: switch Adam -> SGD after this fraction of the budget
+    sgd_lr: float = 0.1
+    precision: str = "auto"  # auto: bf16 on CUDA or a CPU with native bf16, else fp32
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    n_evals: int = 4  # validation evaluations along the run (plus the final one)
+    eval_users: int | None = None  # validation curve on this many users (None: all); final metrics use all
+    log_every_frac: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.flops, (int, float)) and self.flops > 0, "train.flops", self.flops, "a positive number")
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, "train.batch_size", self.batch_size,
+               "an integer >= 1")
+        _check(self.lr > 0, "train.lr", self.lr, "a positive number")
+        _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
+        _check(0 <= self.warmup_frac < 1, "train.warmup_frac", self.warmup_frac, "a number in [0, 1)")
+        _check(self.objective in OBJECTIVES, "train.objective", self.objective, f"one of {', '.join(OBJECTIVES)}")
+        _check(isinstance(self.n_negatives, int) and self.n_negatives >= 1, "train.n_negatives", self.n_negatives,
+               "an integer >= 1")
+        _check(self.sampler in ("uniform", "popularity"), "train.sampler", self.sampler, "'uniform' or 'popularity'")
+        _check(self.precision in ("auto", "fp32", "bf16"), "train.precision", self.precision, "auto, fp32 or bf16")
+        _check(self.device in ("auto", "cpu", "cuda"), "train.device", self.device, "auto, cpu or cuda")
+        _check(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1), "train.threads",
+               self.threads, "null or an integer >= 1")
+        _check(self.sgd_switch_frac is None or 0 < self.sgd_switch_frac < 1, "train.sgd_switch_frac",
+               self.sgd_switch_frac, "null or a number in (0, 1)")
+        _check(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "a number >= 0 (0 disables clipping)")
+        _check(isinstance(self.n_evals, int) and self.n_evals >= 0, "train.n_evals", self.n_evals, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which prepared dataset and split; evaluation options."""
+
+    dataset: str = "ml-1m"
+    prepared_dir: str = "data/prepared"
+    split: str = "loo"  # leave-last-out (per user: last event test, second-to-last validation)
+    exclude_seen: bool = False  # rank among all items (default) or drop the user's history items from the ranking
+
+    def __post_init__(self) -> None:
+        _check(self.split == "loo", "data.split", self.split, "'loo' (the temporal split is used by the hard-tasks axis)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: model, training, data and seed."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return _jsonable(asdict(self))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        """Build from nested dicts; an unknown key is an error naming it."""
+        raw = dict(raw or {})
+        _no_unknown(raw, cls, "")
+        parts = {}
+        for f in fields(cls):
+            if f.name == "seed":
+                continue
+            sub_cls = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}[f.name]
+            sub = dict(raw.get(f.name) or {})
+            _no_unknown(sub, sub_cls, f"{f.name}.")
+            if "betas" in sub:
+                sub["betas"] = tuple(sub["betas"])
+            _coerce_floats(sub, sub_cls, f"{f.name}.")
+            try:
+                parts[f.name] = sub_cls(**sub)
+            except TypeError as exc:
+                raise BfmError(f"{f.name}: {exc}") from exc
+        seed = raw.get("seed", 0)
+        _check(isinstance(seed, int) and seed >= 0, "seed", seed, "an integer >= 0")
+        return cls(seed=seed, **parts)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _coerce_floats(raw: dict[str, Any], cls: type, prefix: str) -> None:
+    """YAML 1.1 reads `1e12` as a string: turn such values of float-typed fields into floats."""
+    for f in dataclasses.fields(cls):
+        value = raw.get(f.name)
+        if isinstance(value, str) and "float" in str(f.type):
+            try:
+                raw[f.name] = float(value)
+            except ValueError:
+                _fail(f"{prefix}{f.name}", value, "a number")
+
+
+def _no_unknown(raw: dict[str, Any], cls: type, prefix: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise BfmError(f"{prefix}{key} is not a setting; expected one of {', '.join(sorted(known))}")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides (values parsed as YAML) to a nested dict, returning a new dict."""
+    out = yaml.safe_load(yaml.safe_dump(raw or {}))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BfmError(f"override {item!r}: expected key=value, e.g. model.d_model=128")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise BfmError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def load_run_config(path: Path | str | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML run config (or start from defaults), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise BfmError(f"{path}: config file not found; expected a YAML run config")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise BfmError(f"{path}: expected a mapping with model / train / data / seed")
+    return RunConfig.from_dict(apply_overrides(raw, list(overrides)))

@@ -1,0 +1,32 @@
+"""Device and precision: detected, not assumed."""
+
+from __future__ import annotations
+
+import torch
+
+from bfmscale.errors import BfmError
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: CUDA when present, else CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BfmError("train.device is 'cuda' but no CUDA device is available; expected auto or cpu")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has AVX512-BF16 or AMX-BF16 (elsewhere bf16 is emulated and ~20x slower than fp32)."""
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = plain fp32). auto: bf16 on a bf16-capable GPU or a CPU with native bf16."""
+    if name == "fp32":
+        return None
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+    if name == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if native else None

@@ -1,0 +1,1 @@
+"""Model: event embedder, contextualizer (decoder-only transformer), parameter and FLOP accounting."""

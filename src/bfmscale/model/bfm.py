@@ -1,0 +1,48 @@
+"""The behavioral model: event embedder + contextualizer; score = dot(context, embedder(candidate)) / temperature."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bfmscale.config import ModelConfig
+from bfmscale.model.catalog import ItemCatalog
+from bfmscale.model.embedder import EventEmbedder
+from bfmscale.model.transformer import Contextualizer
+
+
+class BehaviorModel(nn.Module):
+    """Embedder and contextualizer; after `freeze_embedder()` item vectors come from a cache of the whole catalog."""
+
+    def __init__(self, cfg: ModelConfig, catalog: ItemCatalog, n_event_features: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embedder = EventEmbedder(cfg, catalog, n_event_features if cfg.embedder == "features" else 0)
+        self.contextualizer = Contextualizer(cfg)
+        self.cache: torch.Tensor | None = None
+
+    @property
+    def frozen(self) -> bool:
+        return self.cache is not None
+
+    @torch.no_grad()
+    def freeze_embedder(self) -> None:
+        """Stop the embedder's gradients and cache every item's vector once (row 0 = padding)."""
+        self.embedder.requires_grad_(False)
+        was_training = self.embedder.training
+        self.embedder.eval()
+        table = self.embedder.catalog()
+        self.cache = torch.cat([torch.zeros_like(table[:1]), table]).detach()
+        self.embedder.train(was_training)
+
+    def item_vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        """Candidate/item vectors for codes of any shape."""
+        return self.cache[codes] if self.cache is not None else self.embedder.items(codes)
+
+    def catalog_vectors(self) -> torch.Tensor:
+        """Vectors of items 1..I -> [I, d]."""
+        return self.cache[1:] if self.cache is not None else self.embedder.catalog()
+
+    def context(self, item_vecs: torch.Tensor, event_features: torch.Tensor | None = None) -> torch.Tensor:
+        """History item vectors [B, T, d] (+ event features) -> context vectors [B, T, d]."""
+        return self.contextualizer(self.embedder.events(item_vecs, event_features))

@@ -1,0 +1,106 @@
+"""Event embedder: item features (and the event's own features) -> a d_model vector.
+
+Two modes. "id": a plain item-ID table (SASRec, seed 002). "features": optional exact or hashed ID embedding,
+categorical and multi-hot embeddings (mean-pooled), numeric features, title text as a bag of hashed tokens,
+concatenated and combined by an MLP to d_model. The same embedder embeds history events and candidates.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bfmscale.config import ModelConfig
+from bfmscale.model.catalog import ItemCatalog
+
+
+class EventEmbedder(nn.Module):
+    """Maps item codes [...] to vectors [..., d_model]; `event_features` adds a projection of per-event features."""
+
+    def __init__(self, cfg: ModelConfig, catalog: ItemCatalog, n_event_features: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.mode = cfg.embedder
+        n = catalog.n_items + 1
+        d = cfg.d_model
+        self.event_proj = nn.Linear(n_event_features, d) if (n_event_features and cfg.use_event_features) else None
+        if self.mode == "id":
+            self.item = nn.Embedding(n, d, padding_idx=0)
+            nn.init.normal_(self.item.weight, std=0.02)
+            return
+        self.id_table = None
+        if cfg.id_buckets != 0:
+            rows = n if cfg.id_buckets == -1 else cfg.id_buckets + 1
+            self.id_table = nn.Embedding(rows, cfg.id_dim, padding_idx=0)
+        self.cat_names = sorted(catalog.categorical)
+        self.multi_names = sorted(catalog.multi)
+        self.text_names = sorted(catalog.text)
+        self.cat_tables = nn.ModuleDict({k: nn.Embedding(catalog.categorical_sizes[k], cfg.d_feature, padding_idx=0)
+                                         for k in self.cat_names})
+        self.multi_tables = nn.ModuleDict({k: nn.EmbeddingBag(catalog.multi_sizes[k], cfg.d_feature, mode="mean",
+                                                              padding_idx=0) for k in self.multi_names})
+        self.text_tables = nn.ModuleDict({k: nn.EmbeddingBag(cfg.text_buckets + 1, cfg.d_feature, mode="mean",
+                                                             padding_idx=0) for k in self.text_names})
+        for k, t in catalog.categorical.items():
+            self.register_buffer(f"cat_{k}", t, persistent=False)
+        for k, t in catalog.multi.items():
+            self.register_buffer(f"multi_{k}", t, persistent=False)
+        for k, t in catalog.text.items():
+            self.register_buffer(f"text_{k}", t, persistent=False)
+        self.register_buffer("numeric", catalog.numeric if catalog.numeric is not None else torch.zeros(n, 0),
+                             persistent=False)
+        self.in_dim = feature_input_dim(cfg, catalog)
+        dims = [self.in_dim] + [cfg.mlp_hidden] * (cfg.mlp_layers - 1) + [d]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(dims) - 2:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+
+    def items(self, codes: torch.Tensor) -> torch.Tensor:
+        """Item vectors for codes of any shape [...] -> [..., d_model]."""
+        if self.mode == "id":
+            return self.item(codes)
+        flat = codes.reshape(-1)
+        parts = []
+        if self.id_table is not None:
+            ids = flat if self.cfg.id_buckets == -1 else torch.where(flat > 0, flat % self.cfg.id_buckets + 1, flat)
+            parts.append(self.id_table(ids))
+        for k in self.cat_names:
+            parts.append(self.cat_tables[k](getattr(self, f"cat_{k}")[flat]))
+        for k in self.multi_names:
+            parts.append(self.multi_tables[k](getattr(self, f"multi_{k}")[flat]))
+        for k in self.text_names:
+            parts.append(self.text_tables[k](getattr(self, f"text_{k}")[flat]))
+        if self.numeric.shape[1]:
+            parts.append(self.numeric[flat])
+        out = self.mlp(torch.cat(parts, dim=-1))
+        return out.reshape(*codes.shape, -1)
+
+    def catalog(self) -> torch.Tensor:
+        """Vectors of every real item (codes 1..I) -> [I, d_model]."""
+        if self.mode == "id":
+            return self.item.weight[1:]
+        codes = torch.arange(1, self.numeric.shape[0], device=self.numeric.device)
+        return self.items(codes)
+
+    def events(self, item_vecs: torch.Tensor, event_features: torch.Tensor | None) -> torch.Tensor:
+        """History-event vectors: item vector plus a projection of the event's own features (if enabled)."""
+        if self.event_proj is None or event_features is None:
+            return item_vecs
+        return item_vecs + self.event_proj(event_features)
+
+
+def feature_input_dim(cfg: ModelConfig, catalog: ItemCatalog) -> int:
+    """Width of the concatenated feature vector that enters the MLP."""
+    dim = 0 if cfg.id_buckets == 0 else cfg.id_dim
+    dim += cfg.d_feature * (len(catalog.categorical) + len(catalog.multi) + len(catalog.text))
+    return dim + catalog.n_numeric_inputs
+
+
+def mlp_dims(cfg: ModelConfig, catalog: ItemCatalog) -> list[int]:
+    """Layer widths of the combining MLP, input first."""
+    return [feature_input_dim(cfg, catalog)] + [cfg.mlp_hidden] * (cfg.mlp_layers - 1) + [cfg.d_model]
+
+

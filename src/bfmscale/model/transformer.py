@@ -1,0 +1,63 @@
+"""Contextualizer: pre-norm decoder-only transformer with learned positions and SDPA causal attention.
+
+Sequences are right-padded, so with causal attention a real position never attends to padding: a user's outputs do
+not depend on batch composition or padding length. Attention has no dropout (SDPA stays on its fused kernel and the
+FLOP accounting stays exact); dropout acts on the embeddings and the residual branches.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bfmscale.config import ModelConfig
+
+
+class Block(nn.Module):
+    """LayerNorm -> causal self-attention -> residual; LayerNorm -> GELU MLP -> residual."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.fc1 = nn.Linear(d_model, d_ff)
+        self.fc2 = nn.Linear(d_ff, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
+        return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
+
+
+def layer_dropouts(cfg: ModelConfig) -> list[float]:
+    """Per-layer dropout: constant, or (seed 002) falling linearly from `dropout` to `dropout_min` with depth."""
+    if not cfg.layerwise_dropout or cfg.n_layers == 1:
+        return [cfg.dropout] * cfg.n_layers
+    step = (cfg.dropout - cfg.dropout_min) / (cfg.n_layers - 1)
+    return [cfg.dropout - i * step for i in range(cfg.n_layers)]
+
+
+class Contextualizer(nn.Module):
+    """Positions + blocks + final LayerNorm: [B, T, d] event vectors -> [B, T, d] context vectors."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.n_heads, cfg.d_ff, p) for p in layer_dropouts(cfg))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(x + self.pos(torch.arange(x.shape[1], device=x.device)))
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)

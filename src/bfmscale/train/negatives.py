@@ -1,0 +1,90 @@
+"""Objectives: full-catalog softmax, sampled softmax (uniform / popularity, logQ, accidental hits masked), in-batch.
+
+Every position predicts its next event; h [N, d] are the context vectors of the N real target positions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# A sampled negative equal to the positive gets this logit: large, finite (no inf - inf = nan in the softmax).
+HIT_MASK = -1e9
+
+
+class NegativeSampler:
+    """Samples item codes in 1..I uniformly or proportional to (training count + 1) ** alpha; knows log q."""
+
+    def __init__(self, kind: str, n_items: int, popularity: torch.Tensor | None = None, alpha: float = 1.0) -> None:
+        self.kind = kind
+        self.n_items = n_items
+        if kind == "uniform":
+            probs = torch.full((n_items,), 1.0 / n_items, dtype=torch.float64)
+        else:
+            if popularity is None:
+                raise ValueError("a popularity sampler needs item counts")
+            weights = (popularity[1:].double() + 1.0) ** alpha
+            probs = weights / weights.sum()
+        self.probs = probs.float()
+        self.log_probs = torch.cat([torch.zeros(1), probs.log().float()])  # indexed by code; row 0 unused
+
+    def sample(self, n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+        """[n, k] item codes (with replacement)."""
+        if self.kind == "uniform":
+            return torch.randint(1, self.n_items + 1, (n, k), generator=generator)
+        return torch.multinomial(self.probs, n * k, replacement=True, generator=generator).view(n, k) + 1
+
+    def log_q(self, codes: torch.Tensor) -> torch.Tensor:
+        """log sampling probability of each code."""
+        return self.log_probs.to(codes.device)[codes]
+
+
+def full_softmax_loss(h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                      reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over the whole catalog; targets are item codes 1..I (catalog row = code - 1)."""
+    logits = (h @ catalog.T).float() / temperature
+    return F.cross_entropy(logits, targets - 1, reduction=reduction)
+
+
+def sampled_logits(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, pos_codes: torch.Tensor,
+                   neg_codes: torch.Tensor, neg_log_q: torch.Tensor | None, temperature: float = 1.0) -> torch.Tensor:
+    """[N, 1 + K] logits, positive first. With neg_log_q, negatives are corrected by -log(K q) (sampled softmax);
+    negatives that equal the positive are masked with a large finite negative."""
+    cand = torch.cat([pos.unsqueeze(1), neg], dim=1)  # [N, 1+K, d]
+    logits = torch.bmm(cand, h.unsqueeze(-1)).squeeze(-1).float() / temperature
+    k = neg_codes.shape[1]
+    neg_logits = logits[:, 1:]
+    if neg_log_q is not None:
+        neg_logits = neg_logits - (math.log(k) + neg_log_q)
+    neg_logits = neg_logits.masked_fill(neg_codes == pos_codes.unsqueeze(1), HIT_MASK)
+    return torch.cat([logits[:, :1], neg_logits], dim=1)
+
+
+def sampled_softmax_loss(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, pos_codes: torch.Tensor,
+                         neg_codes: torch.Tensor, neg_log_q: torch.Tensor | None, temperature: float = 1.0,
+                         reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of the positive against K sampled negatives."""
+    logits = sampled_logits(h, pos, neg, pos_codes, neg_codes, neg_log_q, temperature)
+    return F.cross_entropy(logits, torch.zeros(len(h), dtype=torch.long, device=h.device), reduction=reduction)
+
+
+def inbatch_logits(h: torch.Tensor, pos: torch.Tensor, pos_codes: torch.Tensor, log_q: torch.Tensor | None,
+                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates are the batch's distinct target items (so no accidental hits); logQ subtracts log q(item).
+    Returns logits [N, M] and the label (column of each row's own target)."""
+    uniq, label = torch.unique(pos_codes, return_inverse=True)
+    first = torch.full((len(uniq),), len(pos_codes), dtype=torch.long, device=h.device)
+    first = first.scatter_reduce(0, label, torch.arange(len(pos_codes), device=h.device), reduce="amin")
+    logits = (h @ pos[first].T).float() / temperature
+    if log_q is not None:
+        logits = logits - log_q[uniq].unsqueeze(0)
+    return logits, label
+
+
+def inbatch_loss(h: torch.Tensor, pos: torch.Tensor, pos_codes: torch.Tensor, log_q: torch.Tensor | None,
+                 temperature: float = 1.0, reduction: str = "mean") -> torch.Tensor:
+    """In-batch softmax over the distinct target items of the batch."""
+    logits, label = inbatch_logits(h, pos, pos_codes, log_q, temperature)
+    return F.cross_entropy(logits, label, reduction=reduction)

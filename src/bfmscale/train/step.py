@@ -1,0 +1,53 @@
+"""One training step's loss: all targets of every sequence in one pass, under the configured objective."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bfmscale.config import TrainConfig
+from bfmscale.model.bfm import BehaviorModel
+from bfmscale.train.negatives import NegativeSampler, full_softmax_loss, inbatch_loss, sampled_softmax_loss
+
+
+@dataclass
+class Objective:
+    """The training objective with its sampler and random generator."""
+
+    cfg: TrainConfig
+    sampler: NegativeSampler
+    generator: torch.Generator
+    temperature: float = 1.0
+
+    def loss(self, model: BehaviorModel, items: torch.Tensor, feats: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+        """Mean loss over the real targets of a right-padded [B, T+1] window batch, and their count."""
+        vecs = model.item_vectors(items)  # [B, T+1, d]: inputs and shifted positives from one embedder pass
+        h = model.context(vecs[:, :-1], feats[:, :-1] if feats is not None else None)
+        mask = items[:, 1:] != 0
+        tgt = items[:, 1:][mask]
+        hn, pos = h[mask], vecs[:, 1:][mask]
+        temp = model.cfg.temperature
+        if self.cfg.objective == "full":
+            loss = full_softmax_loss(hn, model.catalog_vectors(), tgt, temp)
+        elif self.cfg.objective == "sampled":
+            neg_codes = self.sampler.sample(len(tgt), self.cfg.n_negatives, self.generator).to(items.device)
+            log_q = self.sampler.log_q(neg_codes) if self.cfg.logq else None
+            loss = sampled_softmax_loss(hn, pos, model.item_vectors(neg_codes), tgt, neg_codes, log_q, temp)
+        else:
+            log_q = self.sampler.log_probs.to(items.device) if self.cfg.logq else None
+            loss = inbatch_loss(hn, pos, tgt, log_q, temp)
+        return loss, int(tgt.numel())
+
+    def eval_loss(self, h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-row value of the training objective at evaluation (sampled: fixed-seed negatives)."""
+        if self.cfg.objective == "full":
+            return full_softmax_loss(h, catalog, targets, self.temperature, reduction="none")
+        if self.cfg.objective == "sampled":
+            gen = torch.Generator().manual_seed(0)
+            neg = self.sampler.sample(len(targets), self.cfg.n_negatives, gen).to(h.device)
+            log_q = self.sampler.log_q(neg) if self.cfg.logq else None
+            return sampled_softmax_loss(h, catalog[targets - 1], catalog[neg - 1], targets, neg, log_q,
+                                        self.temperature, reduction="none")
+        log_q = self.sampler.log_probs.to(h.device) if self.cfg.logq else None
+        return inbatch_loss(h, catalog[targets - 1], targets, log_q, self.temperature, reduction="none")

@@ -1,0 +1,131 @@
+"""Analytic FLOPs per step vs torch.utils.flop_counter on a real forward + backward; parameter counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils import flop_counter as fcm
+from torch.utils.flop_counter import FlopCounterMode
+
+from bfmscale.config import ModelConfig, TrainConfig
+from bfmscale.model.accounting import (StepShape, embedder_share, module_param_counts, param_counts, seed002_params,
+                                       step_flops)
+from bfmscale.model.bfm import BehaviorModel
+from bfmscale.model.catalog import build_catalog
+from bfmscale.train.data import build_sequences, gather, train_windows
+from bfmscale.train.loop import shape_of
+from bfmscale.train.negatives import NegativeSampler
+from bfmscale.train.step import Objective
+from synthetic import make_prepared
+
+aten = torch.ops.aten
+# FlopCounterMode counts CPU flash attention as 0; map it to the library's own SDPA formulas (STACK-NOTES Fix A).
+SDPA_CPU = {
+    aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda q, k, v, *a, out_shape=None, **kw: fcm.sdpa_flop_count(q, k, v),
+    aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda g, q, k, v, *a, out_shape=None, **kw: fcm.sdpa_backward_flop_count(g, q, k, v),
+}
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return make_prepared(tmp_path_factory.mktemp("acc"), n_users=16, n_items=50, min_len=10, max_len=60)
+
+
+CASES = [
+    # (embedder, objective, frozen, max_len, extra model kwargs)
+    ("id", "full", False, 16, {}),
+    ("features", "full", False, 16, {}),
+    ("features", "sampled", False, 16, {}),
+    ("features", "sampled", True, 16, {}),
+    ("id", "sampled", False, 40, {}),
+    ("id", "inbatch", False, 40, {}),
+    ("features", "inbatch", False, 40, {"id_buckets": 7}),
+    ("features", "full", True, 40, {"id_buckets": 0, "mlp_layers": 3}),
+]
+
+
+@pytest.mark.parametrize("embedder,objective,frozen,max_len,extra", CASES)
+def test_step_flops_match_flop_counter(ds, embedder, objective, frozen, max_len, extra):
+    mc = ModelConfig(embedder=embedder, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_len=max_len, dropout=0.1,
+                     mlp_hidden=48, **extra)
+    tc = TrainConfig(objective=objective, n_negatives=8, freeze_embedder=frozen, sampler="popularity")
+    torch.manual_seed(0)
+    catalog = build_catalog(ds, mc.text_buckets)
+    seqs = build_sequences(ds)
+    n_ev = len(seqs.feature_names) if embedder == "features" else 0
+    model = BehaviorModel(mc, catalog, n_ev)
+    if frozen:
+        model.freeze_embedder()
+    win = train_windows(seqs, max_len)
+    idx = np.arange(min(6, len(win)))
+    shape = shape_of(win, idx, seqs)
+    items, feats = gather(seqs, win.subset(idx))
+    obj = Objective(tc, NegativeSampler("popularity", catalog.n_items, catalog.popularity), torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False, custom_mapping=SDPA_CPU) as fc:
+        loss, n = obj.loss(model, items, feats)
+        loss.backward()
+    counted = fc.get_total_flops()
+    analytic = step_flops(mc, tc, catalog, shape, n_ev)
+    assert n == shape.targets
+    assert analytic["total"] == pytest.approx(counted, rel=0.02), analytic
+    # Attention is a real share of it (the CPU SDPA mapping is in effect, not silently zero).
+    assert analytic["attention"] > 0.01 * analytic["total"]
+
+
+def test_frozen_embedder_gets_no_gradient(ds):
+    mc = ModelConfig(embedder="features", d_model=32, n_heads=4, max_len=16)
+    catalog = build_catalog(ds, mc.text_buckets)
+    seqs = build_sequences(ds)
+    model = BehaviorModel(mc, catalog, len(seqs.feature_names))
+    model.freeze_embedder()
+    win = train_windows(seqs, 16)
+    items, feats = gather(seqs, win.subset(np.arange(4)))
+    tc = TrainConfig(objective="sampled", n_negatives=8, freeze_embedder=True)
+    obj = Objective(tc, NegativeSampler("uniform", catalog.n_items), torch.Generator().manual_seed(0))
+    loss, _ = obj.loss(model, items, feats)
+    loss.backward()
+    assert all(p.grad is None for p in model.embedder.parameters())
+    assert any(p.grad is not None for p in model.contextualizer.parameters())
+
+
+@pytest.mark.parametrize("embedder,extra", [("id", {}), ("features", {}), ("features", {"id_buckets": 0}),
+                                            ("features", {"id_buckets": 11, "mlp_layers": 1})])
+def test_param_counts_match_built_model(ds, embedder, extra):
+    mc = ModelConfig(embedder=embedder, d_model=32, n_heads=4, n_layers=3, d_ff=80, max_len=20, **extra)
+    catalog = build_catalog(ds, mc.text_buckets)
+    n_ev = 1 if embedder == "features" else 0
+    model = BehaviorModel(mc, catalog, n_ev)
+    assert param_counts(mc, catalog, n_ev) == module_param_counts(model)
+    assert module_param_counts(model)["total"] == sum(p.numel() for p in model.parameters())
+
+
+def test_seed002_convention_and_share(ds):
+    mc = ModelConfig(d_model=64, n_layers=2, n_heads=2, d_ff=256)
+    assert seed002_params(mc) == 12 * 2 * 64 * 64
+    counts = param_counts(mc, build_catalog(ds, mc.text_buckets))
+    s = embedder_share(counts)
+    assert s == counts["embedder"] / counts["total"]
+
+
+def test_embedder_share_spans_half_percent_to_half(ds):
+    """The split axis needs s from ~0.5% to ~50% at a fixed total: the feature embedder's width knobs reach both."""
+    catalog = build_catalog(ds, 64)
+    small = ModelConfig(embedder="features", d_model=256, n_heads=4, n_layers=4, d_ff=1024, id_buckets=0, d_feature=2,
+                        text_buckets=64, mlp_hidden=8, mlp_layers=1)
+    big = ModelConfig(embedder="features", d_model=64, n_heads=4, n_layers=1, d_ff=128, id_dim=256, d_feature=64,
+                      text_buckets=64, mlp_hidden=512, mlp_layers=3)
+    assert embedder_share(param_counts(small, catalog)) < 0.005
+    assert embedder_share(param_counts(big, catalog)) > 0.5
+
+
+def test_step_flops_scale_with_sequence_length_quadratically_in_attention(ds):
+    mc = ModelConfig(d_model=32, n_heads=4)
+    tc = TrainConfig()
+    catalog = build_catalog(ds, mc.text_buckets)
+    a = step_flops(mc, tc, catalog, StepShape(4, 10, 40))
+    b = step_flops(mc, tc, catalog, StepShape(4, 20, 80))
+    assert b["attention"] == pytest.approx(4 * a["attention"])
+    assert b["transformer"] == pytest.approx(2 * a["transformer"])
