@@ -51,6 +51,26 @@ def cmd_notebook(args: argparse.Namespace) -> None:
     render_notebook(Path(args.notebooks) / f"{args.name}.ipynb", Path(args.results), {"dataset": name, **extra})
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    from bfmscale.config import load_run_config
+    from bfmscale.train.loop import train_run
+    from bfmscale.train.summary import format_summary
+
+    config = args.config if args.config and "=" not in args.config else None
+    overrides = ([args.config] if args.config and config is None else []) + args.overrides
+    cfg = load_run_config(config, overrides)
+    out = Path(args.out) if args.out else None
+    result = train_run(cfg, out_dir=out)
+    if out is not None:
+        from bfmscale.atomic import atomic_path, write_json
+
+        write_json(out / "config.json", result.config)
+        write_json(out / "metrics.json", {"metrics": result.metrics, "info": result.info})
+        with atomic_path(out / "curve.parquet") as tmp:
+            result.curve.to_parquet(tmp, index=False)
+    print(format_summary(result))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bfmscale", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -71,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", default="data/raw")
     p.add_argument("--out", default="data/prepared")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("run", help="train and evaluate one config: bfmscale run [config.yaml] [key=value ...]")
+    p.add_argument("config", nargs="?", default=None, help="YAML run config (model / train / data / seed)")
+    p.add_argument("overrides", nargs="*", help="overrides such as model.d_model=128 train.flops=1e13")
+    p.add_argument("--out", default=None, help="directory for config.json, metrics.json, curve.parquet")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("notebook", help="execute notebooks/<name>.ipynb with papermill; write .ipynb and .html")
     common(p)

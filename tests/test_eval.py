@@ -1,0 +1,74 @@
+"""Full-catalog ranking: pessimistic ties, metric formulas, eval-batch-size independence, seen-item exclusion."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bfmscale.config import ModelConfig
+from bfmscale.eval.ranking import evaluate, pessimistic_ranks, ranking_metrics
+from bfmscale.model.bfm import BehaviorModel
+from bfmscale.model.catalog import build_catalog
+from bfmscale.train.data import build_sequences
+from synthetic import make_prepared
+
+
+def test_ties_count_against_the_target():
+    scores = torch.tensor([[0.5, 0.9, 0.5, 0.5, 0.1]])
+    # target column 0 scores 0.5: one item higher, two tied -> rank 4 (not 2)
+    assert pessimistic_ranks(scores, torch.tensor([0])).item() == 4
+    assert pessimistic_ranks(scores, torch.tensor([1])).item() == 1
+    assert pessimistic_ranks(torch.zeros(1, 7), torch.tensor([3])).item() == 7  # all tied -> last
+
+
+def test_metric_formulas_by_hand():
+    m = ranking_metrics(np.array([1, 3, 11]), ks=(1, 10))
+    assert m["hr@1"] == pytest.approx(1 / 3)
+    assert m["hr@10"] == pytest.approx(2 / 3)
+    assert m["ndcg@10"] == pytest.approx((1.0 + 1 / math.log2(4)) / 3)
+    assert m["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 11) / 3)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    ds = make_prepared(tmp_path_factory.mktemp("eval"), n_users=30, n_items=40)
+    mc = ModelConfig(embedder="features", d_model=32, n_heads=4, max_len=8, dropout=0.0)
+    torch.manual_seed(0)
+    seqs = build_sequences(ds)
+    model = BehaviorModel(mc, build_catalog(ds, mc.text_buckets), len(seqs.feature_names))
+    return model, seqs
+
+
+def test_results_independent_of_eval_batch_size(setup):
+    model, seqs = setup
+    a = evaluate(model, seqs, "test", 8, torch.device("cpu"), batch_size=1)
+    b = evaluate(model, seqs, "test", 8, torch.device("cpu"), batch_size=7)
+    c = evaluate(model, seqs, "test", 8, torch.device("cpu"), batch_size=1000)
+    assert (a.per_user["rank"].to_numpy() == b.per_user["rank"].to_numpy()).all()
+    assert (a.per_user["rank"].to_numpy() == c.per_user["rank"].to_numpy()).all()
+    np.testing.assert_allclose(a.per_user["ce"], c.per_user["ce"], rtol=1e-5)
+    assert a.metrics["ndcg@10"] == pytest.approx(c.metrics["ndcg@10"])
+
+
+def test_targets_are_the_users_last_events(setup):
+    model, seqs = setup
+    res = evaluate(model, seqs, "valid", 8, torch.device("cpu"))
+    last = [int(seqs.items[seqs.offsets[u + 1] - 2]) for u in range(seqs.n_users)]
+    assert res.per_user["target"].tolist() == last
+    assert len(res.per_user) == seqs.n_users
+
+
+def test_exclude_seen_never_worsens_rank_and_keeps_target(setup):
+    model, seqs = setup
+    all_items = evaluate(model, seqs, "test", 8, torch.device("cpu"))
+    excl = evaluate(model, seqs, "test", 8, torch.device("cpu"), exclude_seen=True)
+    r_all, r_ex = all_items.per_user["rank"].to_numpy(), excl.per_user["rank"].to_numpy()
+    assert (r_ex <= r_all).all() and (r_ex < r_all).any()
+    # with every history item removed, the rank is at most the catalog size minus the distinct seen items (+1)
+    for u in range(seqs.n_users):
+        hist = set(seqs.items[seqs.offsets[u] : seqs.offsets[u + 1] - 1].tolist())
+        target = int(seqs.items[seqs.offsets[u + 1] - 1])
+        assert r_ex[u] <= 40 - len(hist - {target})

@@ -1,0 +1,80 @@
+"""Model properties: padding / batch independence, causal masking, freezing cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bfmscale.config import ModelConfig
+from bfmscale.model.bfm import BehaviorModel
+from bfmscale.model.catalog import build_catalog, hash_tokens
+from bfmscale.model.transformer import layer_dropouts
+from synthetic import make_prepared
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return make_prepared(tmp_path_factory.mktemp("model"), n_users=10, n_items=30)
+
+
+@pytest.mark.parametrize("embedder", ["id", "features"])
+def test_outputs_do_not_depend_on_padding_or_batch(ds, embedder):
+    mc = ModelConfig(embedder=embedder, d_model=32, n_heads=4, max_len=20, dropout=0.0)
+    torch.manual_seed(0)
+    model = BehaviorModel(mc, build_catalog(ds, mc.text_buckets), 1 if embedder == "features" else 0).eval()
+    user = torch.tensor([[3, 7, 1, 9, 4]])
+    feats = torch.tensor([[[0.5], [-1.0], [0.0], [1.5], [0.2]]])
+    alone = model.context(model.item_vectors(user), feats if embedder == "features" else None)
+    # The same user right-padded to 12 positions, next to two other users of different lengths.
+    batch = torch.zeros(3, 12, dtype=torch.long)
+    batch[0, :11] = torch.arange(1, 12)
+    batch[1, :5] = user[0]
+    batch[2, :2] = torch.tensor([5, 6])
+    bfeats = torch.randn(3, 12, 1)
+    bfeats[1, :5] = feats[0]
+    bfeats[1, 5:] = 99.0  # garbage on padding must not leak into the real positions
+    out = model.context(model.item_vectors(batch), bfeats if embedder == "features" else None)
+    torch.testing.assert_close(out[1, :5], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_causal_future_does_not_change_past(ds):
+    mc = ModelConfig(d_model=32, n_heads=4, max_len=20, dropout=0.0)
+    model = BehaviorModel(mc, build_catalog(ds, mc.text_buckets)).eval()
+    a = torch.tensor([[1, 2, 3, 4, 5]])
+    b = torch.tensor([[1, 2, 3, 9, 8]])
+    ha, hb = model.context(model.item_vectors(a)), model.context(model.item_vectors(b))
+    torch.testing.assert_close(ha[0, :3], hb[0, :3])
+    assert not torch.allclose(ha[0, 3], hb[0, 3])
+
+
+def test_frozen_cache_equals_embedder(ds):
+    mc = ModelConfig(embedder="features", d_model=32, n_heads=4, dropout=0.0)
+    model = BehaviorModel(mc, build_catalog(ds, mc.text_buckets)).eval()
+    codes = torch.tensor([[1, 5, 30], [2, 0, 7]])
+    before = model.item_vectors(codes).detach()
+    model.freeze_embedder()
+    after = model.item_vectors(codes)
+    torch.testing.assert_close(after[codes != 0], before[codes != 0])
+    assert torch.count_nonzero(after[1, 1]) == 0  # padding row of the cache is zero
+    assert not any(p.requires_grad for p in model.embedder.parameters())
+
+
+def test_feature_embedder_uses_features(ds):
+    """Without an ID table, two items differ only through their features; identical features -> identical vectors."""
+    mc = ModelConfig(embedder="features", d_model=16, n_heads=2, id_buckets=0)
+    catalog = build_catalog(ds, mc.text_buckets)
+    model = BehaviorModel(mc, catalog).eval()
+    vecs = model.catalog_vectors()
+    assert vecs.shape == (catalog.n_items, 16)
+    assert torch.unique(vecs.round(decimals=5), dim=0).shape[0] > 1
+
+
+def test_hash_tokens_stable_and_in_range():
+    assert hash_tokens("The Matrix (1999)", 100) == hash_tokens("the MATRIX 1999", 100)
+    assert all(1 <= t <= 100 for t in hash_tokens("a b c d e f g", 100))
+
+
+def test_layerwise_dropout_falls_with_depth():
+    mc = ModelConfig(n_layers=3, dropout=0.3, dropout_min=0.1, layerwise_dropout=True)
+    assert layer_dropouts(mc) == pytest.approx([0.3, 0.2, 0.1])
+    assert layer_dropouts(ModelConfig(n_layers=3, dropout=0.3)) == [0.3, 0.3, 0.3]

@@ -1,0 +1,78 @@
+"""Objectives: accidental-hit masking, logQ correction, in-batch candidates, sampler distributions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bfmscale.train.negatives import (HIT_MASK, NegativeSampler, full_softmax_loss, inbatch_logits, sampled_logits,
+                                      sampled_softmax_loss)
+
+
+def test_accidental_hits_are_masked():
+    h = torch.tensor([[1.0, 0.0]])
+    pos = torch.tensor([[2.0, 0.0]])
+    neg = torch.tensor([[[2.0, 0.0], [0.5, 0.0]]])  # first negative IS the positive item
+    logits = sampled_logits(h, pos, neg, torch.tensor([7]), torch.tensor([[7, 3]]), None)
+    assert logits[0, 1] == HIT_MASK
+    assert logits[0, 2] == pytest.approx(0.5)
+    loss = sampled_softmax_loss(h, pos, neg, torch.tensor([7]), torch.tensor([[7, 3]]), None)
+    assert loss.item() == pytest.approx(-math.log(math.exp(2) / (math.exp(2) + math.exp(0.5))), rel=1e-6)
+    assert torch.isfinite(loss)
+
+
+def test_logq_correction_is_minus_log_k_q():
+    h = torch.tensor([[1.0]])
+    pos, neg = torch.tensor([[1.0]]), torch.tensor([[[2.0], [3.0]]])
+    log_q = torch.log(torch.tensor([[0.1, 0.4]]))
+    plain = sampled_logits(h, pos, neg, torch.tensor([1]), torch.tensor([[2, 3]]), None)
+    corr = sampled_logits(h, pos, neg, torch.tensor([1]), torch.tensor([[2, 3]]), log_q)
+    assert corr[0, 0] == plain[0, 0]
+    torch.testing.assert_close(corr[0, 1:], plain[0, 1:] - (math.log(2) + log_q[0]))
+
+
+def test_logq_sampled_softmax_approaches_full_softmax():
+    """With logQ, the sampled loss (many negatives, popularity sampler) estimates the full softmax CE; without, it is
+    far off. This is the property the correction exists for."""
+    torch.manual_seed(0)
+    n_items, d = 200, 8
+    catalog = torch.randn(n_items, d)
+    h = torch.randn(64, d)
+    targets = torch.randint(1, n_items + 1, (64,))
+    full = full_softmax_loss(h, catalog, targets).item()
+    pop = torch.cat([torch.zeros(1), torch.rand(n_items) * 50])
+    sampler = NegativeSampler("popularity", n_items, pop)
+    gen = torch.Generator().manual_seed(1)
+    neg = sampler.sample(64, 4000, gen)
+    est = sampled_softmax_loss(h, catalog[targets - 1], catalog[neg - 1], targets, neg, sampler.log_q(neg)).item()
+    raw = sampled_softmax_loss(h, catalog[targets - 1], catalog[neg - 1], targets, neg, None).item()
+    assert abs(est - full) < 0.1 * full
+    assert abs(raw - full) > 3 * abs(est - full)
+
+
+def test_samplers_distributions():
+    gen = torch.Generator().manual_seed(0)
+    uni = NegativeSampler("uniform", 10)
+    s = uni.sample(1000, 10, gen)
+    assert s.min() >= 1 and s.max() <= 10
+    pop = torch.tensor([0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 999])  # item 10 dominates (counts + 1 smoothing)
+    ps = NegativeSampler("popularity", 10, pop)
+    draws = ps.sample(2000, 5, gen)
+    assert (draws == 10).float().mean() > 0.95
+    assert ps.log_q(torch.tensor([10])).exp().item() == pytest.approx(1000 / 1009, rel=1e-5)
+
+
+def test_inbatch_uses_distinct_targets_and_logq():
+    h = torch.eye(3)
+    pos = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [1.0, 0, 0]])
+    codes = torch.tensor([4, 2, 4])
+    log_q = torch.log(torch.tensor([1.0, 0.1, 0.2, 0.3, 0.4]))
+    logits, label = inbatch_logits(h, pos, codes, log_q)
+    assert logits.shape == (3, 2)  # two distinct items: 2 and 4
+    assert label.tolist() == [1, 0, 1]
+    expected = h @ torch.stack([pos[1], pos[0]]).T - log_q[torch.tensor([2, 4])]
+    torch.testing.assert_close(logits, expected)
+    F.cross_entropy(logits, label)  # a valid distribution over the candidates
