@@ -126,3 +126,27 @@ def test_two_stage_freeze_from_checkpoint(ds, tmp_path):
     assert second.info["flops"] <= second.info["flops_budget"]
     # frozen steps cost less: more steps fit in the same budget
     assert second.info["steps"] > first.info["steps"]
+
+
+def test_adam_to_sgd_switch_changes_the_run(ds):
+    a = train_run(cfg("train.n_evals=0"), ds)
+    b = train_run(cfg("train.n_evals=0", "train.sgd_switch_frac=0.5", "train.sgd_lr=0.05"), ds)
+    half = len(a.curve) // 2
+    assert a.curve["loss"].iloc[:half].tolist() == b.curve["loss"].iloc[:half].tolist()
+    assert a.curve["loss"].iloc[half + 1 :].tolist() != b.curve["loss"].iloc[half + 1 :].tolist()
+    assert b.curve["lr"].iloc[-1] == pytest.approx(0.05 * 0.1)
+
+
+def test_cli_run_writes_outputs_and_prints_summary(ds, tmp_path, capsys):
+    from bfmscale.cli import main
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "synth").symlink_to(ds.path)
+    rc = main(["run", "model.d_model=16", "model.n_heads=2", "model.max_len=8", "train.flops=1e7", "train.n_evals=0",
+               "data.dataset=synth", f"data.prepared_dir={prepared}", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "embedder share" in out and "NDCG@10" in out and "12·L·d²" in out
+    for name in ("config.json", "metrics.json", "curve.parquet", "per_user.parquet"):
+        assert (tmp_path / "run" / name).is_file()

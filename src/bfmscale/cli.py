@@ -66,8 +66,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
         write_json(out / "config.json", result.config)
         write_json(out / "metrics.json", {"metrics": result.metrics, "info": result.info})
-        with atomic_path(out / "curve.parquet") as tmp:
-            result.curve.to_parquet(tmp, index=False)
+        for name, frame in (("curve", result.curve), ("per_user", result.per_user)):
+            with atomic_path(out / f"{name}.parquet") as tmp:
+                frame.to_parquet(tmp, index=False)
     print(format_summary(result))
 
 
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train and evaluate one config: bfmscale run [config.yaml] [key=value ...]")
     p.add_argument("config", nargs="?", default=None, help="YAML run config (model / train / data / seed)")
     p.add_argument("overrides", nargs="*", help="overrides such as model.d_model=128 train.flops=1e13")
-    p.add_argument("--out", default=None, help="directory for config.json, metrics.json, curve.parquet")
+    p.add_argument("--out", default=None, help="directory for config.json, metrics.json, curve.parquet, per_user.parquet")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("notebook", help="execute notebooks/<name>.ipynb with papermill; write .ipynb and .html")

@@ -26,6 +26,7 @@ class PreparedDataset:
     vocab: dict[str, list[str]]
     features: dict[str, dict[str, str]]
     stats: dict[str, Any]
+    path: Path | None = None
 
     @property
     def n_items(self) -> int:
@@ -55,4 +56,5 @@ def load_prepared(path: Path | str) -> PreparedDataset:
         vocab=js("vocab.json"),
         features=js("features.json"),
         stats=js("stats.json"),
+        path=path,
     )

@@ -25,7 +25,7 @@ from bfmscale.model.catalog import build_catalog
 from bfmscale.train.data import Sequences, Windows, build_sequences, gather, plan_epoch, train_windows
 from bfmscale.train.negatives import NegativeSampler
 from bfmscale.train.schedule import lr_at
-from bfmscale.train.step import Objective
+from bfmscale.train.step import Objective, train_step
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +153,10 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
     total_flops = sum(s.flops for s in plan)
     total_tokens = sum(s.targets for s in plan)
     steps = len(plan)
+    epoch_tokens = max(1, int(win.lengths.sum() - len(win)))  # training transitions per epoch
     log.info("run: %s embedder, d=%d L=%d, %.3g params (embedder share %.1f%%), budget %.3g FLOPs -> %d steps, "
              "%.3g tokens (%.2f epochs), %s, %s", mc.embedder, mc.d_model, mc.n_layers, counts["total"],
-             100 * embedder_share(counts), tc.flops, steps, total_tokens, total_tokens / max(1, win.lengths.sum() - len(win)),
+             100 * embedder_share(counts), tc.flops, steps, total_tokens, total_tokens / epoch_tokens,
              device, "bf16" if amp else "fp32")
 
     sampler = NegativeSampler(tc.sampler, catalog.n_items, catalog.popularity, tc.sampler_alpha)
@@ -185,14 +186,7 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
         items, feats = gather(seqs, win.subset(st.idx))
         items = items.to(device, non_blocking=True)
         feats = feats.to(device, non_blocking=True) if feats is not None else None
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss, _ = objective.loss(model, items, feats)
-        loss.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], tc.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        value = float(loss.detach())
+        value = float(train_step(model, objective, opt, items, feats, amp, tc.grad_clip))
         train_time += time.perf_counter() - t0
         if not np.isfinite(value):
             raise BfmError(f"training diverged at step {i} (loss {value}); expected a finite loss: lower train.lr")
@@ -200,7 +194,8 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
         tokens += st.targets
         loss_sum += value
         loss_n += 1
-        curve.append({"step": i + 1, "flops": spent, "tokens": tokens, "loss": value, "lr": lr, "train_time": train_time})
+        curve.append({"step": i + 1, "flops": spent, "tokens": tokens, "epochs": tokens / epoch_tokens, "loss": value,
+                      "lr": lr, "train_time": train_time})
         if i in log_at:
             log.info("  %3.0f%% step %d/%d  loss %.4f  %.3g FLOPs  %.0f tokens/s", 100 * spent / total_flops, i + 1,
                      steps, loss_sum / loss_n, spent, tokens / train_time)
@@ -232,7 +227,7 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
     info = {
         "params": counts, "params_seed002": seed002_params(mc), "embedder_share": embedder_share(counts),
         "flops": total_flops, "flops_budget": tc.flops, "tokens": total_tokens, "steps": steps,
-        "epochs": total_tokens / max(1, int(win.lengths.sum() - len(win))), "epochs_started": epochs,
+        "epochs": total_tokens / epoch_tokens, "epochs_started": epochs,
         "train_time": train_time, "eval_time": eval_time, "wall_time": time.perf_counter() - t_start,
         "tokens_per_s": total_tokens / train_time, "flops_per_s": total_flops / train_time,
         "device": str(device), "precision": "bf16" if amp else "fp32", "threads": torch.get_num_threads(),

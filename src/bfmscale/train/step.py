@@ -51,3 +51,16 @@ class Objective:
                                         self.temperature, reduction="none")
         log_q = self.sampler.log_probs.to(h.device) if self.cfg.logq else None
         return inbatch_loss(h, catalog[targets - 1], targets, log_q, self.temperature, reduction="none")
+
+
+def train_step(model: BehaviorModel, objective: Objective, opt: torch.optim.Optimizer, items: torch.Tensor,
+               feats: torch.Tensor | None, amp: torch.dtype | None, grad_clip: float) -> torch.Tensor:
+    """Forward (autocast when `amp`), backward, clip, optimizer step; returns the detached loss."""
+    with torch.autocast(items.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        loss, _ = objective.loss(model, items, feats)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()

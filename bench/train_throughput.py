@@ -1,0 +1,129 @@
+"""Training throughput: tokens/s, analytic GFLOP/s and MFU against the matmul peak measured in this same run.
+
+Grid: d_model x layers x T x objective (full softmax, sampled K=128, frozen embedder + K=1024) x embedder (id,
+features) x precision (fp32, bf16 when the device has it natively). Timed steps run the loop's own `train_step`.
+Also: evaluation throughput (users/s, full-catalog ranking over ML-1M). Needs data/prepared/ml-1m.
+
+    .venv/bin/python bench/train_throughput.py --quick      # a small subset, ~3 minutes on 2 cores
+    .venv/bin/python bench/train_throughput.py              # the whole grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import platform
+import time
+
+import numpy as np
+import torch
+
+from bfmscale.config import ModelConfig, TrainConfig
+from bfmscale.data.dataset import load_prepared
+from bfmscale.device import cpu_has_native_bf16, resolve_device
+from bfmscale.eval.ranking import evaluate
+from bfmscale.model.accounting import step_flops
+from bfmscale.model.bfm import BehaviorModel
+from bfmscale.model.catalog import build_catalog
+from bfmscale.train.data import build_sequences, gather, plan_epoch, train_windows
+from bfmscale.train.loop import make_optimizer, shape_of
+from bfmscale.train.negatives import NegativeSampler
+from bfmscale.train.step import Objective, train_step
+
+OBJECTIVES = {"full": dict(objective="full"), "sampled128": dict(objective="sampled", n_negatives=128),
+              "frozen1024": dict(objective="sampled", n_negatives=1024, freeze_embedder=True)}
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5) -> float:
+    """Best GFLOP/s of an n x n x n matmul in `dtype` (the denominator of MFU)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(reps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        (a @ b).sum().item()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, amp, batch_size: int, steps: int):
+    """Tokens/s and analytic FLOP/s of `steps` timed training steps (after 2 warm-up steps)."""
+    torch.manual_seed(0)
+    n_ev = len(seqs.feature_names) if mc.embedder == "features" else 0
+    model = BehaviorModel(mc, catalog, n_ev).to(device)
+    if tc.freeze_embedder:
+        model.freeze_embedder()
+    win = train_windows(seqs, mc.max_len)
+    full = np.flatnonzero(win.lengths == mc.max_len + 1)  # full-length windows: the steady state of a long run
+    batches = [b for b in plan_epoch(win.subset(full), batch_size, np.random.default_rng(0)) if len(b) == batch_size]
+    obj = Objective(tc, NegativeSampler(tc.sampler, catalog.n_items, catalog.popularity), torch.Generator().manual_seed(0))
+    opt = make_optimizer(model, tc.lr, tc)
+    sub = win.subset(full)
+    tokens = flops = 0.0
+    elapsed = 0.0
+    for i, idx in enumerate(batches[: steps + 2]):
+        items, feats = gather(seqs, sub.subset(idx))
+        items = items.to(device)
+        feats = feats.to(device) if feats is not None else None
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        train_step(model, obj, opt, items, feats, amp, tc.grad_clip)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:
+            elapsed += time.perf_counter() - t
+            shape = shape_of(sub, idx, seqs)
+            tokens += shape.targets
+            flops += step_flops(mc, tc, catalog, shape, n_ev)["total"]
+    return tokens / elapsed, flops / elapsed, model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--prepared", default="data/prepared/ml-1m")
+    ap.add_argument("--d-models", default=None, help="comma list, e.g. 64,128,256 (GPU: up to 1024)")
+    args = ap.parse_args()
+    device = resolve_device("auto")
+    ds = load_prepared(args.prepared)
+    seqs = build_sequences(ds)
+    catalog = build_catalog(ds, 2048)
+    native_bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+    precisions = ["fp32"] + (["bf16"] if native_bf16 else [])
+    peaks = {"fp32": matmul_peak(torch.float32, device)}
+    if native_bf16:
+        peaks["bf16"] = matmul_peak(torch.bfloat16, device)
+    d_models = [int(x) for x in args.d_models.split(",")] if args.d_models else [64, 128, 256]
+    grid = list(itertools.product(d_models, [2, 4], [50, 200], OBJECTIVES, ["id", "features"], precisions))
+    if args.quick:
+        grid = [g for g in grid if g[1] == 2 and g[2] == 200 and g[3] in ("full", "frozen1024") and g[4] == "id"] + \
+               [(128, 2, 200, "sampled128", "features", p) for p in precisions]
+    print(f"device: {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; matmul peak (2048^3): " +
+          ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
+    print(f"{'d':>5} {'L':>2} {'T':>4} {'objective':>11} {'embedder':>9} {'prec':>5} {'tokens/s':>10} {'GFLOP/s':>8} "
+          f"{'MFU':>6}")
+    model = None
+    for d, layers, t, obj, emb, prec in grid:
+        mc = ModelConfig(embedder=emb, d_model=d, n_layers=layers, n_heads=max(1, d // 64), d_ff=4 * d, max_len=t,
+                         dropout=0.1)
+        tc = TrainConfig(**OBJECTIVES[obj])
+        amp = torch.bfloat16 if prec == "bf16" else None
+        tok_s, flop_s, model = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps)
+        print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5} {tok_s:>10,.0f} {flop_s / 1e9:>8.1f} "
+              f"{100 * flop_s / 1e9 / peaks[prec]:>5.1f}%", flush=True)
+    if model is not None:
+        t0 = time.perf_counter()
+        res = evaluate(model, seqs, "test", model.cfg.max_len, device, batch_size=512)
+        el = time.perf_counter() - t0
+        print(f"eval: {len(res.per_user):,} users ranked over {catalog.n_items:,} items in {el:.1f} s = "
+              f"{len(res.per_user) / el:,.0f} users/s (last config, T={model.cfg.max_len})")
+
+
+if __name__ == "__main__":
+    main()
