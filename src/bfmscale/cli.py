@@ -72,6 +72,49 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(format_summary(result))
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from bfmscale.atomic import atomic_path
+    from bfmscale.model.catalog import build_catalog
+    from bfmscale.sweep.collect import collect
+    from bfmscale.sweep.design import expand, load_design
+    from bfmscale.sweep.executors import dataset_for, make_executor
+    from bfmscale.sweep.runner import run_sweep
+    from bfmscale.sweep.store import RunStore
+
+    design = load_design(args.design)
+    catalog = None
+    if design.split:
+        from bfmscale.config import RunConfig
+
+        base = RunConfig.from_dict(design.base)
+        catalog = build_catalog(dataset_for(base), base.model.text_buckets)
+    configs = expand(design, catalog)
+    store = RunStore(Path(args.store))
+    executor = make_executor(args.executor, args.workers, args.threads, args.address)
+    summary = run_sweep(design.name, configs, store, executor, retry_failed=args.retry_failed)
+    table = collect(configs, store)
+    if args.out:
+        with atomic_path(Path(args.out)) as tmp:
+            table.to_csv(tmp, index=False)
+    print(f"sweep {design.name}: {summary.line()}")
+    for key in summary.failed_keys:
+        print(f"  failed {key}: {(store.status(key) or {}).get('error')}")
+    return 1 if args.strict and (summary.failed or summary.failed_before) else 0
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from bfmscale.sweep.collect import store_status
+    from bfmscale.sweep.store import RunStore
+
+    table = store_status(RunStore(Path(args.store)))
+    if table.empty:
+        print(f"{args.store}: no runs")
+        return
+    table["flops"] = table["flops"].map(lambda f: f"{f:.3g}")
+    table["wall_time"] = table["wall_time"].map(lambda t: f"{t / 3600:.2f} h")
+    print(table.to_string(index=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bfmscale", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -99,6 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="directory for config.json, metrics.json, curve.parquet, per_user.parquet")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("sweep", help="run a sweep design through the run store (resumable)")
+    p.add_argument("design", help="design YAML (name, base, seeds, grid / isoflop / split)")
+    p.add_argument("--executor", default="local", choices=["local", "ray"])
+    p.add_argument("--workers", type=int, default=1, help="local: worker processes; ray (local instance): CPUs")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (ray: CPUs per task)")
+    p.add_argument("--address", default=None, help="ray: address of an existing cluster (default: a local instance)")
+    p.add_argument("--store", default="results/runs")
+    p.add_argument("--out", default=None, help="write the collected table (CSV) here")
+    p.add_argument("--retry-failed", action="store_true", help="re-run runs that failed before")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any run failed")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("status", help="runs in the store by sweep and status, with FLOPs and wall time")
+    p.add_argument("--store", default="results/runs")
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("notebook", help="execute notebooks/<name>.ipynb with papermill; write .ipynb and .html")
     common(p)
     p.add_argument("name")
@@ -113,14 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        args.func(args)
+        rc = args.func(args)
     except BfmError as exc:
         print(f"bfmscale {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bfmscale {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

@@ -192,21 +192,34 @@ def _no_unknown(raw: dict[str, Any], cls: type, prefix: str) -> None:
             raise BfmError(f"{prefix}{key} is not a setting; expected one of {', '.join(sorted(known))}")
 
 
+def set_dotted(raw: dict[str, Any], key: str, value: Any, where: str = "") -> None:
+    """Set `a.b.c` in a nested dict in place, creating sections as needed."""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise BfmError(f"{where or key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def apply_values(raw: dict[str, Any], pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A copy of `raw` with each (dotted key, value) set."""
+    out = yaml.safe_load(yaml.safe_dump(raw or {}))
+    for key, value in pairs:
+        set_dotted(out, key, value)
+    return out
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b=value` overrides (values parsed as YAML) to a nested dict, returning a new dict."""
-    out = yaml.safe_load(yaml.safe_dump(raw or {}))
+    pairs = []
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise BfmError(f"override {item!r}: expected key=value, e.g. model.d_model=128")
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise BfmError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
-    return out
+        pairs.append((key, yaml.safe_load(value)))
+    return apply_values(raw, pairs)
 
 
 def load_run_config(path: Path | str | None, overrides: list[str] = ()) -> RunConfig:

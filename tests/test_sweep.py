@@ -1,0 +1,227 @@
+"""Sweep engine: run identity, designs, resume after SIGKILL, failure isolation, half-written runs, executors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from bfmscale.config import ModelConfig, RunConfig, load_run_config
+from bfmscale.model.accounting import embedder_share, param_counts
+from bfmscale.model.catalog import build_catalog
+from bfmscale.sweep import store as store_mod
+from bfmscale.sweep.collect import collect, store_status
+from bfmscale.sweep.design import Design, expand, load_design, shape_for
+from bfmscale.sweep.executors import LocalExecutor, RayExecutor
+from bfmscale.sweep.runner import run_sweep
+from bfmscale.sweep.store import RunStore, run_key
+from synthetic import make_prepared
+
+METRICS = ["test_ndcg@10", "test_hr@10", "test_mrr", "test_ce", "valid_ndcg@10", "flops", "tokens", "steps"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweepdata")
+    make_prepared(root, n_users=16, n_items=30, min_len=6, max_len=25)
+    return root
+
+
+def design_dict(prepared: Path, name: str = "tiny", **extra) -> dict:
+    base = {"data": {"dataset": "synth", "prepared_dir": str(prepared)},
+            "model": {"d_model": 16, "n_heads": 2, "d_ff": 32, "max_len": 10},
+            "train": {"batch_size": 4, "n_evals": 0, "precision": "fp32", "device": "cpu", "threads": 1}}
+    return {"name": name, "base": base, "seeds": [0], "grid": {"train.flops": [1e7, 2e7, 3e7]}, **extra}
+
+
+def test_key_ignores_field_order_and_float_format(tmp_path):
+    a = {"train": {"flops": 1e12, "lr": 0.001}, "model": {"d_model": 64}}
+    b = {"model": {"d_model": 64}, "train": {"lr": 1e-3, "flops": 1000000000000.0}}
+    c = {"model": {"d_model": 64}, "train": {"lr": 1e-3, "flops": 1000000000000}}
+    (tmp_path / "a.yaml").write_text("train:\n  flops: 1e12\n  lr: 0.001\nmodel:\n  d_model: 64\n")
+    from_yaml = load_run_config(tmp_path / "a.yaml")
+    assert run_key(a) == run_key(b) == run_key(c) == run_key(from_yaml)
+    assert run_key(a) != run_key({**a, "seed": 1})
+
+
+def test_key_changes_with_run_format(monkeypatch):
+    before = run_key({})
+    monkeypatch.setattr(store_mod, "RUN_FORMAT", store_mod.RUN_FORMAT + 1)
+    assert run_key({}) != before
+
+
+def test_grid_and_seeds_expand_without_duplicates(prepared):
+    d = Design.from_dict({**design_dict(prepared), "seeds": [0, 1],
+                          "grid": {"train.flops": [1e7, 1e7, 2e7], "train.batch_size": [2, 4]}})
+    configs = expand(d)
+    assert len(configs) == 2 * 2 * 2  # duplicate budget collapses
+    assert {(c.seed, c.train.flops, c.train.batch_size) for c in configs} == \
+        {(s, f, b) for s in (0, 1) for f in (1e7, 2e7) for b in (2, 4)}
+
+
+def test_isoflop_design_follows_the_aspect_rule():
+    d = Design.from_dict({"name": "iso", "isoflop": {"budgets": [1e12, 1e14], "n_models": 5, "spread": 4,
+                                                     "tokens_per_param": 20, "aspect": 32, "head_dim": 32}})
+    configs = expand(d)
+    for c in configs:
+        assert c.model.d_model % 32 == 0 and c.model.n_heads == c.model.d_model // 32
+        assert c.model.n_layers == max(1, round(c.model.d_model / 32)) and c.model.d_ff == 4 * c.model.d_model
+    for budget in (1e12, 1e14):
+        sizes = sorted(12 * c.model.n_layers * c.model.d_model**2 for c in configs if c.train.flops == budget)
+        assert len(sizes) >= 3
+        centre = (budget / 120) ** 0.5
+        assert sizes[0] < centre < sizes[-1]
+    big = [c.model.d_model for c in configs if c.train.flops == 1e14]
+    small = [c.model.d_model for c in configs if c.train.flops == 1e12]
+    assert max(big) > max(small)
+
+
+def test_shape_for_hits_the_target_size():
+    for n in (1e5, 1e6, 1e7):
+        s = shape_for(n)
+        assert 0.3 < 12 * s["n_layers"] * s["d_model"] ** 2 / n < 3
+
+
+def test_split_design_reaches_each_share(prepared):
+    from bfmscale.data.dataset import load_prepared
+
+    ds = load_prepared(prepared / "synth")
+    catalog = build_catalog(ds, 2048)
+    d = Design.from_dict({"name": "split", "base": {"model": {"text_buckets": 2048}},
+                          "split": {"shares": [0.05, 0.2, 0.5], "total_params": 2e6}})
+    for cfg, target in zip(expand(d, catalog), (0.05, 0.2, 0.5)):
+        counts = param_counts(cfg.model, catalog, 1)
+        assert embedder_share(counts) == pytest.approx(target, rel=0.25)
+
+
+def test_sweep_runs_skips_done_and_collects(prepared, tmp_path):
+    configs = expand(Design.from_dict(design_dict(prepared)))
+    store = RunStore(tmp_path / "runs")
+    first = run_sweep("tiny", configs, store, LocalExecutor())
+    assert (first.done, first.skipped, first.failed) == (3, 0, 0)
+    mtimes = {k: (store.dir(k) / "metrics.json").stat().st_mtime_ns for k in store.keys()}
+    second = run_sweep("tiny", configs, store, LocalExecutor())
+    assert (second.done, second.skipped) == (0, 3)
+    assert mtimes == {k: (store.dir(k) / "metrics.json").stat().st_mtime_ns for k in store.keys()}
+    table = collect(configs, store)
+    assert list(table["status"]) == ["done"] * 3
+    for col in ("train.flops", "test_ndcg@10", "params.embedder", "params.transformer", "tokens", "epochs",
+                "wall_time", "peak_memory_bytes", "hr@10" if False else "valid_hr@10"):
+        assert col in table.columns
+    assert (table["flops"] <= table["train.flops"]).all()
+    status = store_status(store)
+    assert status.loc[0, "runs"] == 3 and status.loc[0, "sweep"] == "tiny"
+    for k in store.keys():
+        assert "done:" in (store.dir(k) / "run.log").read_text()
+
+
+def test_failing_run_is_recorded_and_others_finish(prepared, tmp_path):
+    d = design_dict(prepared, grid={"train.n_negatives": [4, 500]})
+    d["base"]["train"].update(objective="sampled", flops=1e7)
+    configs = expand(Design.from_dict(d))
+    store = RunStore(tmp_path / "runs")
+    summary = run_sweep("neg", configs, store, LocalExecutor())
+    assert (summary.done, summary.failed) == (1, 1)
+    bad = run_key(configs[1])
+    st = store.status(bad)
+    assert st["state"] == "failed" and "n_negatives" in st["error"] and "Traceback" in st["traceback"]
+    again = run_sweep("neg", configs, store, LocalExecutor())
+    assert (again.done, again.failed_before) == (0, 1)
+    retried = run_sweep("neg", configs, store, LocalExecutor(), retry_failed=True)
+    assert retried.failed == 1  # retried (and failed again), not skipped
+    table = collect(configs, store)
+    assert table.set_index("key").loc[bad, "status"] == "failed"
+    assert "n_negatives" in table.set_index("key").loc[bad, "error"]
+
+
+def test_half_written_runs_are_redone(prepared, tmp_path):
+    configs = expand(Design.from_dict(design_dict(prepared)))
+    store = RunStore(tmp_path / "runs")
+    k0, k1 = run_key(configs[0]), run_key(configs[1])
+    # k0: killed while running (config + running status); k1: says done but lacks metrics
+    store.start(configs[0])
+    store.dir(k1).mkdir(parents=True)
+    (store.dir(k1) / "status.json").write_text(json.dumps({"state": "done"}))
+    assert store.state(k0) == "running" and store.state(k1) == "missing"
+    with pytest.raises(KeyError):
+        store.metrics(k1)
+    summary = run_sweep("tiny", configs, store, LocalExecutor())
+    assert summary.done == 3 and all(store.is_done(run_key(c)) for c in configs)
+
+
+def _table(configs, store):
+    return collect(configs, store).set_index("key")[METRICS].sort_index()
+
+
+def test_sigkill_then_resume_equals_uninterrupted(prepared, tmp_path):
+    d = design_dict(prepared, grid={"train.flops": [2e7, 3e7, 4e7, 5e7, 6e7, 7e7]})
+    path = tmp_path / "design.yaml"
+    path.write_text(yaml.safe_dump(d))
+    configs = expand(load_design(path))
+    killed = RunStore(tmp_path / "killed")
+    cmd = [sys.executable, "-m", "bfmscale", "sweep", str(path), "--store", str(killed.root)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and sum(killed.is_done(run_key(c)) for c in configs) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {run_key(c) for c in configs if killed.is_done(run_key(c))}
+    assert 2 <= len(finished) < len(configs)
+    mtimes = {k: (killed.dir(k) / "metrics.json").stat().st_mtime_ns for k in finished}
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert mtimes == {k: (killed.dir(k) / "metrics.json").stat().st_mtime_ns for k in finished}
+    clean = RunStore(tmp_path / "clean")
+    run_sweep("tiny", configs, clean, LocalExecutor())
+    pd.testing.assert_frame_equal(_table(configs, killed), _table(configs, clean))
+
+
+def test_process_pool_matches_in_process(prepared, tmp_path):
+    configs = expand(Design.from_dict(design_dict(prepared)))
+    a, b = RunStore(tmp_path / "a"), RunStore(tmp_path / "b")
+    run_sweep("tiny", configs, a, LocalExecutor())
+    run_sweep("tiny", configs, b, LocalExecutor(workers=2, threads=1))
+    pd.testing.assert_frame_equal(_table(configs, a), _table(configs, b))
+
+
+def test_ray_executor_matches_local(prepared, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    d = design_dict(prepared)
+    d["grid"]["train.n_negatives"] = [3]
+    d["base"]["train"]["objective"] = "sampled"
+    configs = expand(Design.from_dict(d))
+    bad = RunConfig.from_dict({**configs[0].to_dict(), "train": {**configs[0].to_dict()["train"], "n_negatives": 999}})
+    local, remote = RunStore(tmp_path / "local"), RunStore(tmp_path / "ray")
+    run_sweep("tiny", configs, local, LocalExecutor())
+    summary = run_sweep("tiny", configs + [bad], remote, RayExecutor(num_cpus=2))
+    assert (summary.done, summary.failed) == (3, 1)
+    assert "n_negatives" in remote.status(run_key(bad))["error"]
+    pd.testing.assert_frame_equal(_table(configs, local), _table(configs, remote))
+    assert "done:" in (remote.dir(run_key(configs[0])) / "run.log").read_text()
+
+
+def test_cli_sweep_strict_and_status(prepared, tmp_path, capsys):
+    from bfmscale.cli import main
+
+    d = design_dict(prepared, grid={"train.n_negatives": [4, 500]})
+    d["base"]["train"].update(objective="sampled", flops=1e7)
+    path = tmp_path / "d.yaml"
+    path.write_text(yaml.safe_dump(d))
+    store = str(tmp_path / "runs")
+    assert main(["sweep", str(path), "--store", store, "--out", str(tmp_path / "t.csv")]) == 0
+    assert main(["sweep", str(path), "--store", store, "--strict"]) == 1
+    out = capsys.readouterr().out
+    assert "failed" in out
+    assert len(pd.read_csv(tmp_path / "t.csv")) == 2
+    assert main(["status", "--store", store]) == 0
+    assert "done" in capsys.readouterr().out
