@@ -47,6 +47,9 @@ def cmd_notebook(args: argparse.Namespace) -> None:
     from bfmscale.notebooks import render_notebook
 
     params, name = _profile_dataset(args)
+    bad = [kv for kv in args.param if "=" not in kv]
+    if bad:
+        raise BfmError(f"-p {bad[0]!r}: expected KEY=VALUE")
     extra = dict(kv.split("=", 1) for kv in args.param)
     render_notebook(Path(args.notebooks) / f"{args.name}.ipynb", Path(args.results), {"dataset": name, **extra})
 

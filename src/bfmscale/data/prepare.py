@@ -44,7 +44,8 @@ class PrepareConfig:
         if not isinstance(self.min_history, int) or self.min_history < 3:
             raise BfmError(f"params.yaml: prepare.min_history is {self.min_history!r}; expected an integer >= 3 "
                            "(leave-last-out needs a train, a validation and a test event)")
-        if not 0.0 < float(self.temporal_quantile) < 1.0:
+        q = self.temporal_quantile
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < float(q) < 1.0:
             raise BfmError(f"params.yaml: prepare.temporal_quantile is {self.temporal_quantile!r}; expected a number in (0, 1)")
 
     @classmethod
@@ -77,18 +78,23 @@ def count(events: pd.DataFrame) -> dict[str, int]:
 
 def prepare(raw: RawData, out: Path, cfg: PrepareConfig, dataset: str) -> dict[str, Any]:
     """Validate, filter, encode, order and split; write everything to `out` atomically; return the stats."""
-    steps = tqdm(total=6, desc=f"prepare {dataset}", unit="step")
     events = validate_events(raw, dedupe=cfg.dedupe)
     items_raw = validate_items(raw, events)
     before = count(events)
-    steps.update()
-
     sizes = events.groupby("user_id", sort=False)["item_id"].transform("size")
     kept = events[sizes.to_numpy() >= cfg.min_history].copy()
     if kept.empty:
         raise BfmError(f"{raw.events_source}: no user has at least prepare.min_history={cfg.min_history} events "
                        f"(longest history: {int(sizes.max())}); expected some users left after the filter")
     after = count(kept)
+    with tqdm(total=5, desc=f"prepare {dataset}", unit="step") as steps:
+        return _encode_and_write(raw, out, cfg, dataset, kept, items_raw, before, after, steps)
+
+
+def _encode_and_write(raw: RawData, out: Path, cfg: PrepareConfig, dataset: str, kept: pd.DataFrame,
+                      items_raw: pd.DataFrame | None, before: dict[str, int], after: dict[str, int],
+                      steps: tqdm) -> dict[str, Any]:
+    """Codes, chronological order, splits, item features, sequences, stats; written atomically to `out`."""
 
     kept["_src"] = np.arange(len(kept))
     kept["user"], user_vocab = encode(kept["user_id"])
@@ -162,6 +168,5 @@ def prepare(raw: RawData, out: Path, cfg: PrepareConfig, dataset: str) -> dict[s
         write_json(tmp / "features.json", {"item": item_features, "event": event_features})
         write_json(tmp / "stats.json", stats)
     steps.update()
-    steps.close()
     log.info("prepared %s: %s users, %s items, %s events", dataset, after["users"], after["items"], after["events"])
     return stats

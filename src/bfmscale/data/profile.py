@@ -61,7 +61,7 @@ def feature_coverage(ds: PreparedDataset) -> pd.DataFrame:
                 distinct = len({t for v in values for t in v})
             elif typ == "text":
                 present = values.str.len() > 0
-                distinct = values.nunique()
+                distinct = values[present].nunique()
             else:
                 present = values.notna() & (values != 0 if typ == "categorical" else True)
                 distinct = values[present].nunique()

@@ -38,6 +38,8 @@ def check_ids(df: pd.DataFrame, col: str, source: str) -> pd.Series:
 def check_timestamps(ts: pd.Series, source: str) -> pd.Series:
     """Timestamps as int64 seconds: numbers or datetimes; anything else (or NaN) is an error."""
     if pd.api.types.is_datetime64_any_dtype(ts):
+        if getattr(ts.dt, "tz", None) is not None:
+            ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
         if ts.isna().any():
             bad = ts.isna()
             raise BfmError(f"{source}: column 'timestamp' has {int(bad.sum())} missing values (first at row {_first_row(bad)}); "
@@ -52,11 +54,25 @@ def check_timestamps(ts: pd.Series, source: str) -> pd.Series:
     return num.astype("int64")
 
 
+# Columns that prepare itself writes: an input column of the same name would clash with them.
+RESERVED_EVENT_COLUMNS = ("user", "item", "pos", "loo", "temporal", "items", "timestamps", "_src")
+RESERVED_ITEM_COLUMNS = ("item",)
+
+
+def check_reserved(df: pd.DataFrame, reserved: tuple[str, ...], source: str) -> None:
+    """No input column may take a name that prepare writes itself."""
+    for col in df.columns:
+        if str(col) in reserved:
+            raise BfmError(f"{source}: column {str(col)!r} is a name prepare reserves ({', '.join(reserved)}); "
+                           "expected it renamed")
+
+
 def validate_events(raw: RawData, dedupe: bool = False) -> pd.DataFrame:
     """Required columns, non-null ids, numeric timestamps and no duplicate events; returns a clean copy."""
     src = raw.events_source
     df = raw.events
     check_columns(df, REQUIRED_EVENT_COLUMNS, src)
+    check_reserved(df, RESERVED_EVENT_COLUMNS, src)
     if len(df) == 0:
         raise BfmError(f"{src}: has no rows; expected events")
     out = df.copy()
@@ -79,6 +95,7 @@ def validate_items(raw: RawData, events: pd.DataFrame) -> pd.DataFrame | None:
     src = raw.items_source
     items = raw.items.copy()
     check_columns(items, ("item_id",), src)
+    check_reserved(items, RESERVED_ITEM_COLUMNS, src)
     items["item_id"] = check_ids(items, "item_id", src)
     dup = items["item_id"].duplicated()
     if dup.any():
