@@ -10,6 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from bfmscale.train.fused_ce import fused_linear_cross_entropy
+
 # A sampled negative equal to the positive gets this logit: large, finite (no inf - inf = nan in the softmax).
 HIT_MASK = -1e9
 
@@ -48,7 +50,10 @@ class NegativeSampler:
 
 def full_softmax_loss(h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
                       reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy over the whole catalog; targets are item codes 1..I (catalog row = code - 1)."""
+    """Cross-entropy over the whole catalog; targets are item codes 1..I (catalog row = code - 1).
+    The training (mean, with gradients) path is the fused chunked kernel; per-row losses use plain autograd."""
+    if reduction == "mean" and (h.requires_grad or catalog.requires_grad):
+        return fused_linear_cross_entropy(_scaled(h, temperature), catalog, targets - 1)
     logits = (_scaled(h, temperature) @ catalog.T).float()
     return F.cross_entropy(logits, targets - 1, reduction=reduction)
 
