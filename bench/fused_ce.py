@@ -18,6 +18,7 @@ from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.data.dataset import load_prepared
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog
+import bfmscale.train.step as step_mod
 from bfmscale.train import negatives
 from bfmscale.train.data import build_sequences, gather, plan_epoch, train_windows
 from bfmscale.train.loop import make_optimizer
@@ -46,17 +47,14 @@ def main() -> None:
     model = BehaviorModel(mc, catalog)
     opt = make_optimizer(model, 1e-3, tc)
     obj = Objective(tc, negatives.NegativeSampler("uniform", catalog.n_items), torch.Generator().manual_seed(0))
+    losses = {"fused": negatives.full_softmax_loss, "plain": plain_full_softmax}
     for rep in range(args.reps + 1):
-        for name in ("fused", "plain"):
-            ctx = mock.patch.object(negatives, "full_softmax_loss", plain_full_softmax) if name == "plain" else None
-            with ctx or mock.patch.object(negatives, "HIT_MASK", negatives.HIT_MASK):
-                import bfmscale.train.step as step_mod
-
-                with mock.patch.object(step_mod, "full_softmax_loss", negatives.full_softmax_loss):
-                    t = time.perf_counter()
-                    train_step(model, obj, opt, items, feats, amp, 1.0)
-                    if rep:
-                        times[name].append(time.perf_counter() - t)
+        for name, fn in losses.items():
+            with mock.patch.object(step_mod, "full_softmax_loss", fn):
+                t = time.perf_counter()
+                train_step(model, obj, opt, items, feats, amp, 1.0)
+                if rep:
+                    times[name].append(time.perf_counter() - t)
     tokens = int((items[:, 1:] != 0).sum())
     print(f"ML-1M step: B=128, T=200, {tokens} targets x {catalog.n_items} items, {args.precision}, "
           f"{torch.get_num_threads()} threads; median of {args.reps}")
