@@ -65,13 +65,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else None
     result = train_run(cfg, out_dir=out)
     if out is not None:
-        from bfmscale.atomic import atomic_path, write_json
+        from bfmscale.sweep.store import write_result
 
-        write_json(out / "config.json", result.config)
-        write_json(out / "metrics.json", {"metrics": result.metrics, "info": result.info})
-        for name, frame in (("curve", result.curve), ("per_user", result.per_user)):
-            with atomic_path(out / f"{name}.parquet") as tmp:
-                frame.to_parquet(tmp, index=False)
+        write_result(out, result)
     print(format_summary(result))
 
 

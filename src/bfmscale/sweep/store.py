@@ -95,11 +95,7 @@ class RunStore:
 
     def finish(self, key: str, result: Any) -> None:
         """Write metrics, curve and per-user results, then mark done (last)."""
-        d = self.dir(key)
-        write_json(d / "metrics.json", {"metrics": result.metrics, "info": result.info})
-        for name, frame in (("curve", result.curve), ("per_user", result.per_user)):
-            with atomic_path(d / f"{name}.parquet") as tmp:
-                frame.to_parquet(tmp, index=False)
+        write_result(self.dir(key), result)
         st = self.status(key) or {}
         self._write_status(key, "done", started=st.get("started"), finished=time.time(), sweep=st.get("sweep", ""),
                            device=result.info.get("device"), wall_time=result.info.get("wall_time"),
@@ -129,6 +125,15 @@ class RunStore:
     def keys(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
             if self.root.is_dir() else []
+
+
+def write_result(directory: Path, result: Any) -> None:
+    """A RunResult's files, each atomically: config.json, metrics.json, curve.parquet, per_user.parquet."""
+    write_json(directory / "config.json", result.config)
+    write_json(directory / "metrics.json", {"metrics": result.metrics, "info": result.info})
+    for name, frame in (("curve", result.curve), ("per_user", result.per_user)):
+        with atomic_path(directory / f"{name}.parquet") as tmp:
+            frame.to_parquet(tmp, index=False)
 
 
 class RunLog:
