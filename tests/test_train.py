@@ -150,3 +150,16 @@ def test_cli_run_writes_outputs_and_prints_summary(ds, tmp_path, capsys):
     assert "embedder share" in out and "NDCG@10" in out and "12·L·d²" in out
     for name in ("config.json", "metrics.json", "curve.parquet", "per_user.parquet"):
         assert (tmp_path / "run" / name).is_file()
+
+
+def test_peak_memory_is_per_run():
+    """A big allocation in an earlier 'run' does not leak into the next run's peak."""
+    from bfmscale.train.loop import peak_memory_bytes, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    high = peak_memory_bytes(cpu)
+    del big
+    reset_peak_memory(cpu)
+    assert peak_memory_bytes(cpu) < high - 32 * 2**20

@@ -103,10 +103,29 @@ def make_optimizer(model: torch.nn.Module, lr: float, cfg) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start this run's peak-memory window: CUDA's counter, or (Linux) the process's RSS high-water mark."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass  # elsewhere the process-lifetime peak is reported
+
+
 def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA max allocated, or this process's peak RSS on CPU."""
+    """CUDA max allocated since reset_peak_memory, or the process's peak RSS (VmHWM) on CPU."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
@@ -146,6 +165,7 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
     if tc.freeze_embedder:
         model.freeze_embedder()
     counts = param_counts(mc, catalog, n_ev)
+    reset_peak_memory(device)
 
     win = train_windows(seqs, mc.max_len)
     flops_fn = lambda shape: step_flops(mc, tc, catalog, shape, n_ev)["total"]  # noqa: E731
