@@ -91,6 +91,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 on CUDA or a CPU with native bf16, else fp32
     device: str = "auto"  # auto: CUDA when present, else CPU
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    tune_malloc: bool = True  # glibc: keep freed large blocks for reuse (see bfmscale.malloc); no effect on results
     n_evals: int = 4  # validation evaluations along the run (plus the final one)
     eval_users: int | None = None  # validation curve on this many users (None: all); final metrics use all
     log_every_frac: float = 0.1

@@ -43,7 +43,12 @@ class _FusedLinearCE(torch.autograd.Function):
         return (dh * grad_out if need_h else None, (de * grad_out).to(e_dtype) if need_e else None, None, None)
 
 
+CHUNK_BYTES = 16 * 2**20  # fp32 logits per chunk: stays under glibc's mmap threshold (see bfmscale.malloc)
+
+
 def fused_linear_cross_entropy(h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor,
-                               chunk: int = 4096) -> torch.Tensor:
-    """Mean CE of logits h @ catalog.T against 0-based `targets`, without materializing all logits."""
+                               chunk: int | None = None) -> torch.Tensor:
+    """Mean CE of logits h @ catalog.T against 0-based `targets`, without materializing all logits.
+    `chunk` rows at a time (default: as many as fit CHUNK_BYTES of fp32 logits)."""
+    chunk = chunk or max(1, CHUNK_BYTES // (4 * catalog.shape[0]))
     return _FusedLinearCE.apply(h, catalog, targets, chunk)

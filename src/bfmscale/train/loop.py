@@ -19,6 +19,7 @@ from bfmscale.data.dataset import PreparedDataset, load_prepared
 from bfmscale.device import resolve_device, resolve_precision
 from bfmscale.errors import BfmError
 from bfmscale.eval.ranking import evaluate
+from bfmscale.malloc import tune_malloc
 from bfmscale.model.accounting import StepShape, embedder_share, param_counts, seed002_params, step_flops
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog
@@ -145,6 +146,8 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
     tc, mc = cfg.train, cfg.model
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    if tc.tune_malloc:
+        tune_malloc()
     device = resolve_device(tc.device)
     amp = resolve_precision(tc.precision, device)
     torch.manual_seed(cfg.seed)
