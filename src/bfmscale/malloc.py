@@ -23,3 +23,14 @@ def tune_malloc(mmap_threshold: int = 2**30, trim_threshold: int = 2**30) -> boo
     except (OSError, AttributeError):
         return False
     return mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1 and mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1
+
+
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the OS (malloc_trim), so RSS counts only live memory; False off glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(malloc_trim(0))

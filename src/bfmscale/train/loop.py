@@ -3,6 +3,7 @@ that the run ends at the budget, and the cosine schedule ends exactly there."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import resource
 import time
@@ -19,7 +20,7 @@ from bfmscale.data.dataset import PreparedDataset, load_prepared
 from bfmscale.device import resolve_device, resolve_precision
 from bfmscale.errors import BfmError
 from bfmscale.eval.ranking import evaluate
-from bfmscale.malloc import tune_malloc
+from bfmscale.malloc import release_free_memory, tune_malloc
 from bfmscale.model.accounting import StepShape, embedder_share, param_counts, seed002_params, step_flops
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog
@@ -109,6 +110,8 @@ def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
+    gc.collect()
+    release_free_memory()  # memory kept by tune_malloc for an earlier run is not this run's peak
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
