@@ -1,12 +1,19 @@
-"""Fused linear cross-entropy over the catalog: loss = CE(h @ E.T, y), computed chunk by chunk over rows.
+"""Fused cross-entropies, computed chunk by chunk over target rows with the gradients formed in the forward.
 
+Catalog: loss = CE(h @ E.T, y).
 The [N, I] logits are never materialized whole: for each chunk the forward computes logits, log-sum-exp and the loss,
 and also the gradient of the mean loss w.r.t. the logits (softmax - onehot) / N, from which it forms dh and dE at
 once; backward only scales them. Same three matmuls as plain autograd (2·N·I·d each; dE is skipped when E needs no
 gradient), so the FLOP accounting is unchanged; less memory traffic and peak memory O(chunk·I).
+
+Sampled, frozen embedder: CE of the positive against K per-target negatives read from the cache. The [N, K+1, d]
+candidate tensor is never materialized whole (at K=1024 it is gigabytes); only dh is needed (the cache has no
+gradient). Same logits and gradients as `sampled_softmax_loss`, from the same `sampled_logits`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -52,3 +59,38 @@ def fused_linear_cross_entropy(h: torch.Tensor, catalog: torch.Tensor, targets: 
     `chunk` rows at a time (default: as many as fit CHUNK_BYTES of fp32 logits)."""
     chunk = chunk or max(1, CHUNK_BYTES // (4 * catalog.shape[0]))
     return _FusedLinearCE.apply(h, catalog, targets, chunk)
+
+
+class _FusedSampledCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, cache: torch.Tensor, pos_codes: torch.Tensor, neg_codes: torch.Tensor,
+                log_q: torch.Tensor | None, logits_fn: Callable, chunk: int) -> torch.Tensor:
+        n = h.shape[0]
+        dh = torch.empty_like(h)
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for s in range(0, n, chunk):
+            hc, pc, nc = h[s : s + chunk], pos_codes[s : s + chunk], neg_codes[s : s + chunk]
+            cand = torch.cat([cache[pc].unsqueeze(1), cache[nc]], dim=1)  # [c, 1+K, d]
+            logits = logits_fn(hc, cand[:, 0], cand[:, 1:], pc, nc, None if log_q is None else log_q[s : s + chunk])
+            lse = torch.logsumexp(logits, dim=1)
+            total += (lse - logits[:, 0]).sum()
+            grad = torch.exp(logits.sub_(lse.unsqueeze(1)))
+            grad[:, 0] -= 1.0
+            grad.div_(n)
+            dh[s : s + chunk] = torch.bmm(grad.to(cand.dtype).unsqueeze(1), cand).squeeze(1).to(h.dtype)
+        ctx.save_for_backward(dh)
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (dh,) = ctx.saved_tensors
+        return dh * grad_out, None, None, None, None, None, None
+
+
+def fused_sampled_cross_entropy(h: torch.Tensor, cache: torch.Tensor, pos_codes: torch.Tensor,
+                                neg_codes: torch.Tensor, log_q: torch.Tensor | None, logits_fn: Callable,
+                                chunk: int | None = None) -> torch.Tensor:
+    """Mean sampled CE with candidates gathered from a frozen `cache` (row = item code), `chunk` targets at a time
+    (default: CHUNK_BYTES of candidate vectors); `logits_fn` is `negatives.sampled_logits`."""
+    chunk = chunk or max(1, CHUNK_BYTES // (cache.element_size() * cache.shape[1] * (neg_codes.shape[1] + 1)))
+    return _FusedSampledCE.apply(h, cache, pos_codes, neg_codes, log_q, logits_fn, chunk)

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from bfmscale.train.fused_ce import fused_linear_cross_entropy
+from bfmscale.train.fused_ce import fused_linear_cross_entropy, fused_sampled_cross_entropy
 
 # A sampled negative equal to the positive gets this logit: large, finite (no inf - inf = nan in the softmax).
 HIT_MASK = -1e9
@@ -70,6 +70,13 @@ def sampled_logits(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, pos_co
         neg_logits = neg_logits - (math.log(k) + neg_log_q)
     neg_logits = neg_logits.masked_fill(neg_codes == pos_codes.unsqueeze(1), HIT_MASK)
     return torch.cat([logits[:, :1], neg_logits], dim=1)
+
+
+def frozen_sampled_softmax_loss(h: torch.Tensor, cache: torch.Tensor, pos_codes: torch.Tensor,
+                                neg_codes: torch.Tensor, neg_log_q: torch.Tensor | None,
+                                temperature: float = 1.0) -> torch.Tensor:
+    """Mean sampled CE with a frozen embedder's candidate cache, fused so [N, K+1, d] is never materialized."""
+    return fused_sampled_cross_entropy(_scaled(h, temperature), cache, pos_codes, neg_codes, neg_log_q, sampled_logits)
 
 
 def sampled_softmax_loss(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, pos_codes: torch.Tensor,

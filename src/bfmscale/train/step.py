@@ -8,7 +8,8 @@ import torch
 
 from bfmscale.config import TrainConfig
 from bfmscale.model.bfm import BehaviorModel
-from bfmscale.train.negatives import NegativeSampler, full_softmax_loss, inbatch_loss, sampled_softmax_loss
+from bfmscale.train.negatives import (NegativeSampler, frozen_sampled_softmax_loss, full_softmax_loss, inbatch_loss,
+                                      sampled_softmax_loss)
 
 
 @dataclass
@@ -33,7 +34,10 @@ class Objective:
         elif self.cfg.objective == "sampled":
             neg_codes = self.sampler.sample(len(tgt), self.cfg.n_negatives, self.generator).to(items.device)
             log_q = self.sampler.log_q(neg_codes) if self.cfg.logq else None
-            loss = sampled_softmax_loss(hn, pos, model.item_vectors(neg_codes), tgt, neg_codes, log_q, temp)
+            if model.frozen:
+                loss = frozen_sampled_softmax_loss(hn, model.cache, tgt, neg_codes, log_q, temp)
+            else:
+                loss = sampled_softmax_loss(hn, pos, model.item_vectors(neg_codes), tgt, neg_codes, log_q, temp)
         else:
             log_q = self.sampler.log_probs.to(items.device) if self.cfg.logq else None
             loss = inbatch_loss(hn, pos, tgt, log_q, temp)
