@@ -225,3 +225,13 @@ def test_cli_sweep_strict_and_status(prepared, tmp_path, capsys):
     assert len(pd.read_csv(tmp_path / "t.csv")) == 2
     assert main(["status", "--store", store]) == 0
     assert "done" in capsys.readouterr().out
+
+
+def test_local_executor_default_layout_is_one_single_threaded_worker_per_core(monkeypatch):
+    """The measured default: a worker per core, one thread each; an explicit worker count shares the cores."""
+    from bfmscale.sweep.executors import LocalExecutor, make_executor
+
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert make_executor("local") == LocalExecutor(workers=4, threads=1)
+    assert make_executor("local", workers=1) == LocalExecutor(workers=1, threads=4)
+    assert make_executor("local", workers=2, threads=3) == LocalExecutor(workers=2, threads=3)

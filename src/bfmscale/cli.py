@@ -144,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a sweep design through the run store (resumable)")
     p.add_argument("design", help="design YAML (name, base, seeds, grid / isoflop / split)")
     p.add_argument("--executor", default="local", choices=["local", "ray"])
-    p.add_argument("--workers", type=int, default=1, help="local: worker processes; ray (local instance): CPUs")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per run (ray: CPUs per task)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local: worker processes (default: one per core); ray (local instance): CPUs")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: cores // workers; ray: CPUs per task, default 1)")
     p.add_argument("--address", default=None, help="ray: address of an existing cluster (default: a local instance)")
     p.add_argument("--store", default="results/runs")
     p.add_argument("--out", default=None, help="write the collected table (CSV) here")

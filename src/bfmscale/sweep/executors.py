@@ -156,12 +156,14 @@ class RayExecutor:
                 ray.shutdown()
 
 
-def make_executor(kind: str, workers: int = 1, threads: int | None = None, address: str | None = None):
-    """Executor by name: local or ray."""
+def make_executor(kind: str, workers: int | None = None, threads: int | None = None, address: str | None = None):
+    """Executor by name: local or ray. Local default: one worker process per core, one thread each (measured the
+    fastest layout on 2 cores, bench/executors.py); threads default to cores // workers (no oversubscription)."""
     if kind == "local":
-        return LocalExecutor(workers=workers, threads=threads)
+        workers = workers or os.cpu_count() or 1
+        return LocalExecutor(workers=workers, threads=threads or max(1, (os.cpu_count() or 1) // workers))
     if kind == "ray":
-        return RayExecutor(address=address, num_cpus=workers if address is None and workers > 1 else None,
+        return RayExecutor(address=address, num_cpus=workers if address is None and workers else None,
                            cpus_per_run=threads or 1)
     from bfmscale.errors import BfmError
 
