@@ -48,11 +48,15 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: i
     return 2 * n**3 / best / 1e9
 
 
-def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, amp, batch_size: int, steps: int):
-    """Tokens/s and analytic FLOP/s of `steps` timed training steps (after 2 warm-up steps)."""
+def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, amp, batch_size: int, steps: int,
+                 compile: bool = False):
+    """Tokens/s and analytic FLOP/s of `steps` timed training steps (after 2 warm-up steps), and the warm-up's
+    seconds (with `compile`, torch.compile of the contextualizer happens there)."""
     torch.manual_seed(0)
     n_ev = len(seqs.feature_names) if mc.embedder == "features" else 0
     model = BehaviorModel(mc, catalog, n_ev).to(device)
+    if compile:
+        model.contextualizer = torch.compile(model.contextualizer)
     if tc.freeze_embedder:
         model.freeze_embedder()
     win = train_windows(seqs, mc.max_len)
@@ -62,7 +66,7 @@ def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, am
     opt = make_optimizer(model, tc.lr, tc)
     sub = win.subset(full)
     tokens = flops = 0.0
-    elapsed = 0.0
+    elapsed = warmup = 0.0
     for i, idx in enumerate(batches[: steps + 2]):
         items, feats = gather(seqs, sub.subset(idx))
         items = items.to(device)
@@ -73,12 +77,14 @@ def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, am
         train_step(model, obj, opt, items, feats, amp, tc.grad_clip)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i >= 2:
+        if i < 2:
+            warmup += time.perf_counter() - t
+        else:
             elapsed += time.perf_counter() - t
             shape = shape_of(sub, idx, seqs)
             tokens += shape.targets
             flops += step_flops(mc, tc, catalog, shape, n_ev)["total"]
-    return tokens / elapsed, flops / elapsed, model
+    return tokens / elapsed, flops / elapsed, model, warmup
 
 
 def main() -> None:
@@ -88,6 +94,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--prepared", default="data/prepared/ml-1m")
     ap.add_argument("--d-models", default=None, help="comma list, e.g. 64,128,256 (GPU: up to 1024)")
+    ap.add_argument("--compile", action="store_true", help="also time each config with torch.compile")
     args = ap.parse_args()
     device = resolve_device("auto")
     ds = load_prepared(args.prepared)
@@ -107,16 +114,21 @@ def main() -> None:
           f"{torch.get_num_threads()} threads; matmul peak (2048^3): " +
           ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
     print(f"{'d':>5} {'L':>2} {'T':>4} {'objective':>11} {'embedder':>9} {'prec':>5} {'tokens/s':>10} {'GFLOP/s':>8} "
-          f"{'MFU':>6}")
+          f"{'MFU':>6}" + (f" {'compiled tok/s':>15} {'speed-up':>9} {'compile s':>10}" if args.compile else ""))
     model = None
     for d, layers, t, obj, emb, prec in grid:
         mc = ModelConfig(embedder=emb, d_model=d, n_layers=layers, n_heads=max(1, d // 64), d_ff=4 * d, max_len=t,
                          dropout=0.1)
         tc = TrainConfig(**OBJECTIVES[obj])
         amp = torch.bfloat16 if prec == "bf16" else None
-        tok_s, flop_s, model = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps)
+        tok_s, flop_s, model, _ = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps)
+        extra = ""
+        if args.compile:
+            c_tok_s, _, _, c_warm = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps,
+                                                 compile=True)
+            extra = f" {c_tok_s:>15,.0f} {c_tok_s / tok_s:>8.2f}x {c_warm:>10.1f}"
         print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5} {tok_s:>10,.0f} {flop_s / 1e9:>8.1f} "
-              f"{100 * flop_s / 1e9 / peaks[prec]:>5.1f}%", flush=True)
+              f"{100 * flop_s / 1e9 / peaks[prec]:>5.1f}%" + extra, flush=True)
     if model is not None:
         t0 = time.perf_counter()
         res = evaluate(model, seqs, "test", model.cfg.max_len, device, batch_size=512)
