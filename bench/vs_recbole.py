@@ -1,0 +1,185 @@
+"""Side by side with the peer a user would pick instead: RecBole 1.2.1's SASRec vs our ID-only model, same data.
+
+ML-1M leave-last-out (the files `bfmscale fetch` put in data/raw/ml-1m), d=64, 2 layers, 2 heads, inner 256,
+dropout 0.2, full-softmax CE, Adam 1e-3, max length 50 and 200, the same torch threads, the same wall-clock
+checkpoints. RecBole runs in a throwaway virtualenv (bench/.peer/, git-ignored) made by this script: recbole is
+installed with --no-deps beside torch==2.13.0 (its pins would pull ray<=2.6.3), and driven through Config /
+create_dataset / data_preparation / SASRec directly (recbole.quick_start imports ray). RecBole trains continuously
+and is evaluated at each checkpoint (evaluation time is not counted); ours trains one full schedule per checkpoint
+(a model whose FLOP budget fits that wall time). RecBole's full-sort evaluation drops history items from the
+ranking, so our figures here use `data.exclude_seen=true` too. Prints training targets/s, seconds per epoch, test
+NDCG@10 / HR@10 at each checkpoint, and a most-popular baseline.
+
+    .venv/bin/python bench/vs_recbole.py --quick             # checkpoints 2 and 5 minutes, L=50 only
+    .venv/bin/python bench/vs_recbole.py                     # 10, 25 and 60 minutes, L=50 and 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER = ROOT / "bench" / ".peer"
+PEER_DEPS = ["numpy<2", "scipy", "pandas", "scikit-learn", "colorlog", "colorama", "texttable", "psutil", "tabulate",
+             "thop", "plotly", "tensorboard", "pyyaml", "tqdm"]
+
+PEER_SCRIPT = textwrap.dedent('''
+    import json, os, sys, tempfile, time
+    import torch
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.sequential_recommender import SASRec
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
+    raw, max_len, checkpoints, threads = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
+    torch.set_num_threads(threads)
+    cfg = {"data_path": raw, "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+           "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
+           "MAX_ITEM_LIST_LENGTH": max_len, "train_neg_sample_args": None, "loss_type": "CE",
+           "n_layers": 2, "n_heads": 2, "hidden_size": 64, "inner_size": 256, "hidden_dropout_prob": 0.2,
+           "attn_dropout_prob": 0.2, "hidden_act": "gelu", "learning_rate": 1e-3,
+           "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
+           "metrics": ["Hit", "NDCG"], "topk": [10], "valid_metric": "NDCG@10", "device": "cpu", "use_gpu": False,
+           "show_progress": False, "checkpoint_dir": tempfile.mkdtemp(), "seed": 0, "reproducibility": True,
+           "worker": 0, "log_wandb": False}
+    config = Config(model="SASRec", dataset="ml-1m", config_dict=cfg)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    model = SASRec(config, train.dataset)
+    trainer = Trainer(config, model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    samples, clock, out, epoch_s = 0, 0.0, [], None
+    pending = list(checkpoints)
+    epochs = 0
+    while pending:
+        t_epoch = 0.0
+        for batch in train:
+            model.train()
+            t = time.perf_counter()
+            loss = model.calculate_loss(batch)
+            opt.zero_grad(); loss.backward(); opt.step()
+            dt = time.perf_counter() - t
+            clock += dt; t_epoch += dt
+            samples += len(batch)
+            if pending and clock >= 60 * pending[0]:
+                res = trainer.evaluate(test, load_best_model=False, show_progress=False)
+                out.append({"minutes": pending.pop(0), "ndcg@10": float(res["ndcg@10"]), "hr@10": float(res["hit@10"]),
+                            "samples": samples, "train_s": clock})
+                print(json.dumps(out[-1]), file=sys.stderr, flush=True)
+                if not pending:
+                    break
+        else:
+            epochs += 1
+            epoch_s = t_epoch
+    print(json.dumps({"checkpoints": out, "samples_per_s": samples / clock, "epoch_samples": len(train.dataset),
+                      "epoch_s": epoch_s, "epochs": epochs}))
+''')
+
+
+def peer_python() -> Path:
+    """The throwaway venv with recbole 1.2.1 (no-deps) beside torch 2.13.0; (re)built when the dependency list changes."""
+    py = PEER / "bin" / "python"
+    marker = PEER / ".ok"
+    wanted = json.dumps(PEER_DEPS)
+    if not marker.is_file() or marker.read_text() != wanted:
+        subprocess.run([sys.executable, "-m", "venv", str(PEER)], check=True)
+        pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        subprocess.run(pip + ["torch==2.13.0", *PEER_DEPS], check=True)
+        subprocess.run(pip + ["--no-deps", "recbole==1.2.1"], check=True)
+        marker.write_text(wanted)
+    return py
+
+
+def run_peer(raw: Path, max_len: int, minutes: list[float], threads: int) -> dict:
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    proc = subprocess.run([str(peer_python()), "-c", PEER_SCRIPT, str(raw), str(max_len), json.dumps(minutes),
+                           str(threads)], capture_output=True, text=True, env=env, cwd=PEER)
+    if proc.returncode != 0:
+        raise SystemExit(f"recbole run failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_ours(max_len: int, minutes: list[float], threads: int) -> dict:
+    from bfmscale.config import load_run_config
+    from bfmscale.data.dataset import load_prepared
+    from bfmscale.train.loop import train_run
+
+    ds = load_prepared(ROOT / "data/prepared/ml-1m")
+    base = ["model.embedder=id", "model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.d_ff=256",
+            f"model.max_len={max_len}", "model.dropout=0.2", "train.objective=full", "train.lr=1e-3",
+            "train.weight_decay=0.0", "train.batch_size=128", "train.n_evals=0", f"train.threads={threads}",
+            "data.exclude_seen=true"]
+    rate = train_run(load_run_config(None, base + ["train.flops=1e12"]), ds).info["flops_per_s"]
+    out = []
+    for m in minutes:
+        res = train_run(load_run_config(None, base + [f"train.flops={rate * 60 * m:.6g}"]), ds)
+        out.append({"minutes": m, "ndcg@10": res.metrics["test_ndcg@10"], "hr@10": res.metrics["test_hr@10"],
+                    "tokens_per_s": res.info["tokens_per_s"], "train_s": res.info["train_time"],
+                    "epochs": res.info["epochs"]})
+    return {"checkpoints": out, "targets_per_s": float(np.mean([c["tokens_per_s"] for c in out])),
+            "epoch_targets": int(out[-1]["tokens_per_s"] * out[-1]["train_s"] / max(out[-1]["epochs"], 1e-9))}
+
+
+def most_popular(exclude_seen: bool) -> dict[str, float]:
+    """Rank items by training popularity for every user; test HR@10 / NDCG@10 with our evaluation."""
+    from bfmscale.data.dataset import load_prepared
+    from bfmscale.eval.ranking import pessimistic_ranks, ranking_metrics
+    from bfmscale.train.data import build_sequences
+
+    ds = load_prepared(ROOT / "data/prepared/ml-1m")
+    seqs = build_sequences(ds)
+    pop = np.bincount(ds.events[ds.events["loo"] == "train"]["item"], minlength=ds.n_items + 1)[1:].astype(float)
+    targets = seqs.items[torch.from_numpy(seqs.offsets[1:] - 1)] - 1
+    scores = torch.from_numpy(np.tile(pop, (seqs.n_users, 1)))
+    if exclude_seen:
+        for u in range(seqs.n_users):
+            hist = seqs.items[seqs.offsets[u] : seqs.offsets[u + 1] - 1] - 1
+            hist = hist[hist != targets[u]]
+            scores[u, hist] = -np.inf
+    m = ranking_metrics(pessimistic_ranks(scores, targets).numpy(), ks=(10,))
+    return {"ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="checkpoints 2 and 5 minutes, max length 50 only")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    minutes = [2.0, 5.0] if args.quick else [10.0, 25.0, 60.0]
+    lengths = [50] if args.quick else [50, 200]
+    raw = ROOT / "data" / "raw"
+    rows = []
+    for L in lengths:
+        peer = run_peer(raw, L, minutes, args.threads)
+        ours = run_ours(L, minutes, args.threads)
+        rows.append((L, peer, ours))
+    print(f"\nML-1M leave-last-out, full ranking excluding history items (RecBole's convention), "
+          f"{args.threads} threads, torch {torch.__version__}")
+    pop = most_popular(True)
+    print(f"most-popular baseline: test NDCG@10 {pop['ndcg@10']:.4f}, HR@10 {pop['hr@10']:.4f}")
+    print(f"{'L':>4} {'system':<16} {'targets/s':>10} {'s/epoch':>9} " +
+          " ".join(f"{'NDCG@10 ' + str(int(m)) + 'm':>13} {'HR@10':>6}" for m in minutes))
+    for L, peer, ours in rows:
+        p_epoch = peer["epoch_s"] if peer["epoch_s"] else peer["epoch_samples"] / peer["samples_per_s"]
+        o_epoch = ours["epoch_targets"] / ours["targets_per_s"]
+        for name, tps, ep, cps in (("RecBole SASRec", peer["samples_per_s"], p_epoch, peer["checkpoints"]),
+                                   ("bfmscale id", ours["targets_per_s"], o_epoch, ours["checkpoints"])):
+            cells = " ".join(f"{c['ndcg@10']:>13.4f} {c['hr@10']:>6.4f}" for c in cps)
+            print(f"{L:>4} {name:<16} {tps:>10,.0f} {ep:>9,.0f} {cells}")
+        print(f"{L:>4} {'ratio ours/peer':<16} {ours['targets_per_s'] / peer['samples_per_s']:>10.1f}x " +
+              " ".join(f"{o['ndcg@10'] / max(p['ndcg@10'], 1e-9):>12.1f}x {'':>6}"
+                       for o, p in zip(ours["checkpoints"], peer["checkpoints"])))
+
+
+if __name__ == "__main__":
+    main()
