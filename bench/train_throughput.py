@@ -53,7 +53,7 @@ def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, am
     """Tokens/s and analytic FLOP/s of `steps` timed training steps (after 2 warm-up steps), and the warm-up's
     seconds (with `compile`, torch.compile of the contextualizer happens there)."""
     torch.manual_seed(0)
-    n_ev = len(seqs.feature_names) if mc.embedder == "features" else 0
+    n_ev = len(seqs.feature_names)
     model = BehaviorModel(mc, catalog, n_ev).to(device)
     if compile:
         model.contextualizer = torch.compile(model.contextualizer)
@@ -81,7 +81,7 @@ def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, am
             warmup += time.perf_counter() - t
         else:
             elapsed += time.perf_counter() - t
-            shape = shape_of(sub, idx, seqs)
+            shape = shape_of(sub, idx, seqs, count_unique=tc.objective == "inbatch")
             tokens += shape.targets
             flops += step_flops(mc, tc, catalog, shape, n_ev)["total"]
     return tokens / elapsed, flops / elapsed, model, warmup

@@ -34,11 +34,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PlannedStep:
-    """Window indices of one step and its analytic FLOPs."""
+    """Window indices of one step, its shape and its analytic FLOPs."""
 
     idx: np.ndarray
+    shape: StepShape
     flops: float
-    targets: int
 
 
 @dataclass
@@ -52,13 +52,14 @@ class RunResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def shape_of(win: Windows, idx: np.ndarray, seqs: Sequences) -> StepShape:
-    """The StepShape of a batch of training windows (unique targets computed for in-batch negatives)."""
+def shape_of(win: Windows, idx: np.ndarray, seqs: Sequences, count_unique: bool = True) -> StepShape:
+    """The StepShape of a batch of training windows; distinct targets are counted only with `count_unique` (the
+    in-batch objective's candidates; other objectives do not need them)."""
     lengths = win.lengths[idx]
     t = int(lengths.max()) - 1
     n = int((lengths - 1).sum())
     uniq = 0
-    if n:
+    if n and count_unique:
         spans = [seqs.items[s + 1 : s + ln] for s, ln in zip(win.starts[idx], lengths)]
         uniq = int(torch.cat(spans).unique().numel())
     return StepShape(batch=len(idx), seq_len=t, targets=n, unique_targets=uniq)
@@ -67,27 +68,31 @@ def shape_of(win: Windows, idx: np.ndarray, seqs: Sequences) -> StepShape:
 def plan_steps(cfg: RunConfig, win: Windows, seqs: Sequences, flops_fn, rng: np.random.Generator) -> tuple[list[PlannedStep], int]:
     """Steps until the budget is spent; the last one keeps just enough sequences not to exceed it.
     Returns the plan and the number of epochs started."""
+    inbatch = cfg.train.objective == "inbatch"
+
+    def planned(idx: np.ndarray) -> PlannedStep:
+        shape = shape_of(win, idx, seqs, count_unique=inbatch)
+        return PlannedStep(idx, shape, flops_fn(shape))
+
     plan: list[PlannedStep] = []
     spent, epochs = 0.0, 0
     budget = cfg.train.flops
     while spent < budget:
         epochs += 1
         for idx in plan_epoch(win, cfg.train.batch_size, rng):
-            f = flops_fn(shape_of(win, idx, seqs))
-            if spent + f > budget:
+            step = planned(idx)
+            if spent + step.flops > budget:
                 lo, hi = 1, len(idx)  # largest prefix that fits; at least one sequence so the budget is reached
                 while lo < hi:
                     mid = (lo + hi + 1) // 2
-                    if spent + flops_fn(shape_of(win, idx[:mid], seqs)) <= budget:
+                    if spent + planned(idx[:mid]).flops <= budget:
                         lo = mid
                     else:
                         hi = mid - 1
-                idx = idx[:lo]
-                f = flops_fn(shape_of(win, idx, seqs))
-                plan.append(PlannedStep(idx, f, int((win.lengths[idx] - 1).sum())))
+                plan.append(planned(idx[:lo]))
                 return plan, epochs
-            plan.append(PlannedStep(idx, f, int((win.lengths[idx] - 1).sum())))
-            spent += f
+            plan.append(step)
+            spent += step.flops
             if spent >= budget:
                 return plan, epochs
     return plan, epochs
@@ -160,7 +165,7 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
     if tc.objective == "sampled" and tc.n_negatives >= catalog.n_items:
         raise BfmError(f"train.n_negatives is {tc.n_negatives}; expected fewer than the catalog's {catalog.n_items} items")
     seqs = build_sequences(ds)
-    n_ev = len(seqs.feature_names) if mc.embedder == "features" and mc.use_event_features else 0
+    n_ev = len(seqs.feature_names)  # model and accounting use them only for a feature embedder that asks for them
     model = BehaviorModel(mc, catalog, n_ev)
     if tc.init_from:
         path = Path(tc.init_from)
@@ -177,7 +182,7 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
     flops_fn = lambda shape: step_flops(mc, tc, catalog, shape, n_ev)["total"]  # noqa: E731
     plan, epochs = plan_steps(cfg, win, seqs, flops_fn, rng)
     total_flops = sum(s.flops for s in plan)
-    total_tokens = sum(s.targets for s in plan)
+    total_tokens = sum(s.shape.targets for s in plan)
     steps = len(plan)
     epoch_tokens = max(1, int(win.lengths.sum() - len(win)))  # training transitions per epoch
     log.info("run: %s embedder, d=%d L=%d, %.3g params (embedder share %.1f%%), budget %.3g FLOPs -> %d steps, "
@@ -217,7 +222,7 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
         if not np.isfinite(value):
             raise BfmError(f"training diverged at step {i} (loss {value}); expected a finite loss: lower train.lr")
         spent += st.flops
-        tokens += st.targets
+        tokens += st.shape.targets
         loss_sum += value
         loss_n += 1
         curve.append({"step": i + 1, "flops": spent, "tokens": tokens, "epochs": tokens / epoch_tokens, "loss": value,
@@ -228,7 +233,7 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
             loss_sum = loss_n = 0.0
         if i in eval_at:
             res = evaluate(model, seqs, "valid", mc.max_len, device, users=eval_users, exclude_seen=cfg.data.exclude_seen,
-                           objective=objective.eval_loss, autocast_dtype=amp)
+                           objective=objective.eval_loss(), autocast_dtype=amp)
             evals.append({"step": i + 1, "flops": spent, "tokens": tokens,
                           **{f"valid_{k}": v for k, v in res.metrics.items()}})
 
@@ -240,7 +245,7 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
     t_eval = time.perf_counter()
     for which in ("valid", "test"):
         res = evaluate(model, seqs, which, mc.max_len, device, exclude_seen=cfg.data.exclude_seen,
-                       objective=objective.eval_loss, autocast_dtype=amp)
+                       objective=objective.eval_loss(), autocast_dtype=amp)
         metrics.update({f"{which}_{k}": v for k, v in res.metrics.items()})
         per_user.append(res.per_user.assign(split=which))
     eval_time = time.perf_counter() - t_eval
@@ -258,9 +263,8 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
         "tokens_per_s": total_tokens / train_time, "flops_per_s": total_flops / train_time,
         "device": str(device), "precision": "bf16" if amp else "fp32", "threads": torch.get_num_threads(),
         "peak_memory_bytes": peak_memory_bytes(device),
-        "memory_estimate_bytes": memory_estimate_bytes(sum(p.numel() for p in model.parameters()),
-                                                       shape_of(win, biggest.idx, seqs), cfg, catalog.n_items,
-                                                       2 if amp else 4),
+        "memory_estimate_bytes": memory_estimate_bytes(sum(p.numel() for p in model.parameters()), biggest.shape, cfg,
+                                                       catalog.n_items, 2 if amp else 4),
         "n_users": seqs.n_users, "n_items": catalog.n_items,
     }
     log.info("done: test ndcg@10 %.4f hr@10 %.4f mrr %.4f ce %.3f  (%.0f s train, %.0f s eval)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,10 +44,13 @@ class Objective:
             loss = inbatch_loss(hn, pos, tgt, log_q, temp)
         return loss, int(tgt.numel())
 
-    def eval_loss(self, h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-row value of the training objective at evaluation (sampled: fixed-seed negatives)."""
-        if self.cfg.objective == "full":
-            return full_softmax_loss(h, catalog, targets, self.temperature, reduction="none")
+    def eval_loss(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """The per-row training objective for evaluation, or None for the full softmax, whose per-row loss is the
+        CE that evaluation computes anyway."""
+        return None if self.cfg.objective == "full" else self._eval_loss
+
+    def _eval_loss(self, h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-row sampled (fixed-seed negatives) or in-batch loss."""
         if self.cfg.objective == "sampled":
             gen = torch.Generator().manual_seed(0)
             neg = self.sampler.sample(len(targets), self.cfg.n_negatives, gen).to(h.device)
