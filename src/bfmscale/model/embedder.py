@@ -49,8 +49,7 @@ class EventEmbedder(nn.Module):
             self.register_buffer(f"text_{k}", t, persistent=False)
         self.register_buffer("numeric", catalog.numeric if catalog.numeric is not None else torch.zeros(n, 0),
                              persistent=False)
-        self.in_dim = feature_input_dim(cfg, catalog)
-        dims = [self.in_dim] + [cfg.mlp_hidden] * (cfg.mlp_layers - 1) + [d]
+        dims = mlp_dims(cfg, catalog)
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             layers.append(nn.Linear(a, b))

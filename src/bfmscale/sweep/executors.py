@@ -18,6 +18,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from bfmscale.atomic import atomic_path
 from bfmscale.config import RunConfig
 from bfmscale.data.dataset import PreparedDataset, load_prepared
 from bfmscale.sweep.store import RunLog, RunStore, execute, run_key
@@ -27,9 +28,14 @@ OnFinished = Callable[[RunConfig, str], None]
 _DATASETS: dict[str, PreparedDataset] = {}
 
 
+def dataset_path(cfg: RunConfig) -> str:
+    """Where the run's prepared dataset lives (the key datasets are cached and shipped under)."""
+    return str(Path(cfg.data.prepared_dir) / cfg.data.dataset)
+
+
 def dataset_for(cfg: RunConfig) -> PreparedDataset:
     """The run's prepared dataset, loaded once per process."""
-    path = str(Path(cfg.data.prepared_dir) / cfg.data.dataset)
+    path = dataset_path(cfg)
     if path not in _DATASETS:
         _DATASETS[path] = load_prepared(path)
     return _DATASETS[path]
@@ -129,7 +135,7 @@ class RayExecutor:
             datasets: dict[str, Any] = {}
             pending = {}
             for cfg in configs:
-                path = str(Path(cfg.data.prepared_dir) / cfg.data.dataset)
+                path = dataset_path(cfg)
                 if path not in datasets:
                     datasets[path] = ray.put(dataset_for(cfg))
                 gpu = 1 if cfg.train.device == "cuda" or (cfg.train.device == "auto" and has_gpu) else 0
@@ -148,7 +154,8 @@ class RayExecutor:
                         store.fail(key, cause)
                         on_finished(cfg, "failed")
                         continue
-                    (store.dir(key) / "run.log").write_text("\n".join(lines) + "\n")
+                    with atomic_path(store.dir(key) / "run.log") as tmp:
+                        tmp.write_text("\n".join(lines) + "\n")
                     store.finish(key, result)
                     on_finished(cfg, "done")
         finally:
