@@ -15,6 +15,8 @@ import resource
 import subprocess
 import sys
 
+from sasrec import SASREC
+
 CHILD = """
 import json, sys
 from bfmscale.config import load_run_config
@@ -23,11 +25,6 @@ from bfmscale.train.loop import train_run
 res = train_run(load_run_config(None, sys.argv[1:]), load_prepared("data/prepared/ml-1m"))
 print(json.dumps({"tokens_per_s": res.info["tokens_per_s"], "train_time": res.info["train_time"]}))
 """
-
-SASREC = ["model.embedder=id", "model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.d_ff=256",
-          "model.max_len=200", "model.dropout=0.2", "train.objective=full", "train.batch_size=128", "train.n_evals=0",
-          "data.dataset=ml-1m"]
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -12,7 +12,6 @@ from the same trained model, with nothing excluded (the pipeline's default). Nee
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import platform
 import tempfile
@@ -29,25 +28,17 @@ from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog
 from bfmscale.train.data import build_sequences
 from bfmscale.train.loop import train_run
+from sasrec import SASREC, flops_per_second
 
-SASREC = ["model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.d_ff=256", "model.max_len=200",
-          "model.dropout=0.2", "train.objective=full", "train.lr=1e-3", "train.batch_size=128", "train.n_evals=0",
-          "train.warmup_frac=0.01", "data.dataset=ml-1m", "data.exclude_seen=true", "train.save_checkpoint=true"]
+QUALITY = SASREC + ["train.warmup_frac=0.01", "data.exclude_seen=true", "train.save_checkpoint=true"]
 
 
 def metrics_without_exclusion(cfg, ds, checkpoint: Path) -> dict[str, float]:
     """Reload the trained model and rank the full catalog with nothing excluded."""
     seqs = build_sequences(ds)
-    n_ev = len(seqs.feature_names) if cfg.model.embedder == "features" and cfg.model.use_event_features else 0
-    model = BehaviorModel(cfg.model, build_catalog(ds, cfg.model.text_buckets), n_ev)
+    model = BehaviorModel(cfg.model, build_catalog(ds, cfg.model.text_buckets), len(seqs.feature_names))
     model.load_state_dict(torch.load(checkpoint, map_location="cpu"))
     return evaluate(model, seqs, "test", cfg.model.max_len, torch.device("cpu"), exclude_seen=False).metrics
-
-
-def calibrate(overrides: list[str], ds) -> float:
-    """Analytic FLOPs per second of this config on this machine, from a ~1e12-FLOP run."""
-    res = train_run(load_run_config(None, overrides + ["train.flops=1e12"]), ds)
-    return res.info["flops_per_s"]
 
 
 def main() -> None:
@@ -61,8 +52,8 @@ def main() -> None:
     ds = load_prepared(f"{args.prepared}/ml-1m")
     rows = []
     for emb in args.models.split(","):
-        ov = SASREC + [f"model.embedder={emb}", f"train.precision={args.precision}"]
-        rate = calibrate(ov, ds)
+        ov = QUALITY + [f"model.embedder={emb}", f"train.precision={args.precision}"]
+        rate = flops_per_second(ov, ds)
         budget = rate * args.minutes * 60
         cfg = load_run_config(None, ov + [f"train.flops={budget:.6g}"])
         t0 = time.perf_counter()

@@ -113,13 +113,12 @@ def run_ours(max_len: int, minutes: list[float], threads: int) -> dict:
     from bfmscale.config import load_run_config
     from bfmscale.data.dataset import load_prepared
     from bfmscale.train.loop import train_run
+    from sasrec import SASREC, flops_per_second
 
     ds = load_prepared(ROOT / "data/prepared/ml-1m")
-    base = ["model.embedder=id", "model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.d_ff=256",
-            f"model.max_len={max_len}", "model.dropout=0.2", "train.objective=full", "train.lr=1e-3",
-            "train.weight_decay=0.0", "train.batch_size=128", "train.n_evals=0", f"train.threads={threads}",
-            "data.exclude_seen=true"]
-    rate = train_run(load_run_config(None, base + ["train.flops=1e12"]), ds).info["flops_per_s"]
+    base = SASREC + [f"model.max_len={max_len}", "train.weight_decay=0.0", f"train.threads={threads}",
+                     "data.exclude_seen=true"]
+    rate = flops_per_second(base, ds)
     out = []
     for m in minutes:
         res = train_run(load_run_config(None, base + [f"train.flops={rate * 60 * m:.6g}"]), ds)

@@ -1,0 +1,20 @@
+"""The SASRec-size configuration the benches share, and the throughput calibration that turns minutes into FLOPs.
+
+d=64, 2 layers, 2 heads, d_ff 256, T=200, dropout 0.2, full-softmax CE, lr 1e-3, batch 128, ID-only, ML-1M; later
+overrides win, e.g. `SASREC + ["model.max_len=50"]`.
+"""
+
+from __future__ import annotations
+
+from bfmscale.config import load_run_config
+from bfmscale.data.dataset import PreparedDataset
+from bfmscale.train.loop import train_run
+
+SASREC = ["model.embedder=id", "model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.d_ff=256",
+          "model.max_len=200", "model.dropout=0.2", "train.objective=full", "train.lr=1e-3", "train.batch_size=128",
+          "train.n_evals=0", "data.dataset=ml-1m"]
+
+
+def flops_per_second(overrides: list[str], ds: PreparedDataset) -> float:
+    """Analytic training FLOPs per second of this config on this machine, from a ~1e12-FLOP run."""
+    return train_run(load_run_config(None, overrides + ["train.flops=1e12"]), ds).info["flops_per_s"]
