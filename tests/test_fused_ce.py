@@ -56,6 +56,27 @@ def test_bf16_inputs_give_close_loss():
     assert abs(out.item() - ref.item()) < 0.05 * ref.item()
 
 
+def test_under_autocast_matches_plain_autocast():
+    """fp32 leaves under bf16 autocast (the training setting): same loss and gradients as plain autograd under the
+    same autocast, gradients returned in the leaves' fp32."""
+    torch.manual_seed(2)
+    h = torch.randn(96, 32, requires_grad=True)
+    e = torch.randn(200, 32, requires_grad=True)
+    y = torch.randint(0, 200, (96,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = F.cross_entropy((h @ e.T).float(), y)
+    ref.backward()
+    gh, ge = h.grad.clone(), e.grad.clone()
+    h.grad = e.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused_linear_cross_entropy(h, e, y, chunk=40)
+    out.backward()
+    assert h.grad.dtype == e.grad.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(h.grad, gh, rtol=0.05, atol=2e-4)
+    torch.testing.assert_close(e.grad, ge, rtol=0.05, atol=2e-4)
+
+
 @pytest.mark.parametrize("chunk", [1, 5, 1000])
 @pytest.mark.parametrize("logq", [True, False])
 def test_frozen_sampled_matches_reference(chunk, logq):

@@ -18,6 +18,12 @@ from collections.abc import Callable
 import torch
 
 
+def _matmul_dtype(h: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls run in here: autocast's when it is on (inside a custom Function it still is), else h's."""
+    device = h.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+
+
 class _FusedLinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -26,6 +32,7 @@ class _FusedLinearCE(torch.autograd.Function):
         dh = torch.empty_like(h) if need_h else None
         de = torch.zeros(catalog.shape, dtype=torch.float32, device=catalog.device) if need_e else None
         total = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_dtype = _matmul_dtype(h)
         for s in range(0, n, chunk):
             hc, yc = h[s : s + chunk], targets[s : s + chunk]
             logits = (hc @ catalog.T).float()
@@ -34,7 +41,7 @@ class _FusedLinearCE(torch.autograd.Function):
             grad = torch.exp(logits.sub_(lse.unsqueeze(1)))  # softmax, in place
             grad[torch.arange(len(yc), device=grad.device), yc] -= 1.0
             grad.div_(n)
-            grad = grad.to(h.dtype)
+            grad = grad.to(grad_dtype)  # once, not once per matmul under autocast
             if need_h:
                 dh[s : s + chunk] = grad @ catalog
             if need_e:
