@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,21 @@ def test_two_stage_freeze_from_checkpoint(ds, tmp_path):
     assert second.info["flops"] <= second.info["flops_budget"]
     # frozen steps cost less: more steps fit in the same budget
     assert second.info["steps"] > first.info["steps"]
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile (inductor) on CPU needs a C++ compiler")
+def test_compiled_run_matches_eager_and_checkpoint_loads(ds, tmp_path):
+    """train.compile=true trains the same model (up to kernel rounding) and saves a checkpoint an eager model loads."""
+    eager = train_run(cfg("train.n_evals=0", "model.dropout=0.0"), ds)
+    compiled = train_run(cfg("train.n_evals=0", "model.dropout=0.0", "train.compile=true", "train.save_checkpoint=true"),
+                         ds, out_dir=tmp_path)
+    assert compiled.info["steps"] == eager.info["steps"]
+    np.testing.assert_allclose(compiled.curve["loss"], eager.curve["loss"], rtol=1e-3)
+    assert compiled.metrics["test_ce"] == pytest.approx(eager.metrics["test_ce"], rel=1e-3)
+    state = torch.load(tmp_path / "model.pt")
+    assert not any("_orig_mod" in k for k in state)
+    train_run(cfg("train.n_evals=0", f"train.init_from={tmp_path / 'model.pt'}", "train.flops=1e6"), ds)
 
 
 def test_adam_to_sgd_switch_changes_the_run(ds):

@@ -92,6 +92,7 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA when present, else CPU
     threads: int | None = None  # torch CPU threads (None: torch's default)
     tune_malloc: bool = True  # glibc: keep freed large blocks for reuse (see bfmscale.malloc); no effect on results
+    compile: bool = False  # torch.compile the contextualizer (inductor; on CPU it needs a C++ compiler)
     n_evals: int = 4  # validation evaluations along the run (plus the final one)
     eval_users: int | None = None  # validation curve on this many users (None: all); final metrics use all
     log_every_frac: float = 0.1

@@ -175,6 +175,8 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
     model.to(device)
     if tc.freeze_embedder:
         model.freeze_embedder()
+    if tc.compile:
+        model.contextualizer.compile()  # in place: state_dict keys unchanged, checkpoints stay loadable
     counts = param_counts(mc, catalog, n_ev)
     reset_peak_memory(device)
 
