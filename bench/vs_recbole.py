@@ -12,6 +12,7 @@ NDCG@10 / HR@10 at each checkpoint, and a most-popular baseline.
 
     .venv/bin/python bench/vs_recbole.py --quick             # checkpoints 2 and 5 minutes, L=50 only
     .venv/bin/python bench/vs_recbole.py                     # 10, 25 and 60 minutes, L=50 and 200
+    .venv/bin/python bench/vs_recbole.py --minutes 10,25 --lengths 50   # any subset
 """
 
 from __future__ import annotations
@@ -103,9 +104,9 @@ def peer_python() -> Path:
 def run_peer(raw: Path, max_len: int, minutes: list[float], threads: int) -> dict:
     env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
     proc = subprocess.run([str(peer_python()), "-c", PEER_SCRIPT, str(raw), str(max_len), json.dumps(minutes),
-                           str(threads)], capture_output=True, text=True, env=env, cwd=PEER)
+                           str(threads)], stdout=subprocess.PIPE, text=True, env=env, cwd=PEER)
     if proc.returncode != 0:
-        raise SystemExit(f"recbole run failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"recbole run failed with exit code {proc.returncode} (its stderr is above)")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -153,9 +154,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="checkpoints 2 and 5 minutes, max length 50 only")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--minutes", default=None, help="comma list of wall-clock checkpoints (default 10,25,60)")
+    ap.add_argument("--lengths", default=None, help="comma list of max lengths (default 50,200)")
     args = ap.parse_args()
-    minutes = [2.0, 5.0] if args.quick else [10.0, 25.0, 60.0]
-    lengths = [50] if args.quick else [50, 200]
+    minutes = [float(m) for m in args.minutes.split(",")] if args.minutes else \
+        ([2.0, 5.0] if args.quick else [10.0, 25.0, 60.0])
+    lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else ([50] if args.quick else [50, 200])
     raw = ROOT / "data" / "raw"
     rows = []
     for L in lengths:
