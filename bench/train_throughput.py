@@ -2,9 +2,10 @@
 
 Grid: d_model x layers x T x objective (full softmax, sampled K=128, frozen embedder + K=1024) x embedder (id,
 features) x precision (fp32, bf16 when the device has it natively). Timed steps run the loop's own `train_step`.
-Also: evaluation throughput (users/s, full-catalog ranking over ML-1M). Needs data/prepared/ml-1m.
+Also: evaluation throughput (users/s, full-catalog ranking over ML-1M) of one fixed configuration.
+Needs data/prepared/ml-1m.
 
-    .venv/bin/python bench/train_throughput.py --quick      # a small subset, ~3 minutes on 2 cores
+    .venv/bin/python bench/train_throughput.py --quick      # a small subset, ~6 minutes on 2 cores
     .venv/bin/python bench/train_throughput.py              # the whole grid
 """
 
@@ -84,7 +85,7 @@ def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, am
             shape = shape_of(sub, idx, seqs, count_unique=tc.objective == "inbatch")
             tokens += shape.targets
             flops += step_flops(mc, tc, catalog, shape, n_ev)["total"]
-    return tokens / elapsed, flops / elapsed, model, warmup
+    return tokens / elapsed, flops / elapsed, warmup
 
 
 def main() -> None:
@@ -115,26 +116,27 @@ def main() -> None:
           ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
     print(f"{'d':>5} {'L':>2} {'T':>4} {'objective':>11} {'embedder':>9} {'prec':>5} {'tokens/s':>10} {'GFLOP/s':>8} "
           f"{'MFU':>6}" + (f" {'compiled tok/s':>15} {'speed-up':>9} {'compile s':>10}" if args.compile else ""))
-    model = None
     for d, layers, t, obj, emb, prec in grid:
         mc = ModelConfig(embedder=emb, d_model=d, n_layers=layers, n_heads=max(1, d // 64), d_ff=4 * d, max_len=t,
                          dropout=0.1)
         tc = TrainConfig(**OBJECTIVES[obj])
         amp = torch.bfloat16 if prec == "bf16" else None
-        tok_s, flop_s, model, _ = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps)
+        tok_s, flop_s, _ = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps)
         extra = ""
         if args.compile:
-            c_tok_s, _, _, c_warm = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps,
+            c_tok_s, _, c_warm = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps,
                                                  compile=True)
             extra = f" {c_tok_s:>15,.0f} {c_tok_s / tok_s:>8.2f}x {c_warm:>10.1f}"
         print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5} {tok_s:>10,.0f} {flop_s / 1e9:>8.1f} "
               f"{100 * flop_s / 1e9 / peaks[prec]:>5.1f}%" + extra, flush=True)
-    if model is not None:
-        t0 = time.perf_counter()
-        res = evaluate(model, seqs, "test", model.cfg.max_len, device, batch_size=512)
-        el = time.perf_counter() - t0
-        print(f"eval: {len(res.per_user):,} users ranked over {catalog.n_items:,} items in {el:.1f} s = "
-              f"{len(res.per_user) / el:,.0f} users/s (last config, T={model.cfg.max_len})")
+    d = max(d_models)  # evaluation throughput on one fixed configuration: ID embedder, L=2, T=200, fp32
+    model = BehaviorModel(ModelConfig(d_model=d, n_layers=2, n_heads=max(1, d // 64), d_ff=4 * d, max_len=200),
+                          catalog, len(seqs.feature_names)).to(device)
+    t0 = time.perf_counter()
+    res = evaluate(model, seqs, "test", model.cfg.max_len, device, batch_size=512)
+    el = time.perf_counter() - t0
+    print(f"eval: {len(res.per_user):,} users ranked over {catalog.n_items:,} items in {el:.1f} s = "
+          f"{len(res.per_user) / el:,.0f} users/s (id, d={d}, L=2, T=200, fp32)")
 
 
 if __name__ == "__main__":
