@@ -12,6 +12,7 @@ Needs data/prepared/ml-1m.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import platform
 import time
@@ -27,7 +28,7 @@ from bfmscale.model.accounting import step_flops
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog
 from bfmscale.train.data import build_sequences, gather, plan_epoch, train_windows
-from bfmscale.train.loop import make_optimizer, shape_of
+from bfmscale.train.loop import make_optimizer, ready_for_training, shape_of
 from bfmscale.train.negatives import NegativeSampler
 from bfmscale.train.step import Objective, train_step
 
@@ -56,10 +57,7 @@ def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, am
     torch.manual_seed(0)
     n_ev = len(seqs.feature_names)
     model = BehaviorModel(mc, catalog, n_ev).to(device)
-    if compile:
-        model.contextualizer = torch.compile(model.contextualizer)
-    if tc.freeze_embedder:
-        model.freeze_embedder()
+    ready_for_training(model, dataclasses.replace(tc, compile=compile))
     win = train_windows(seqs, mc.max_len)
     full = np.flatnonzero(win.lengths == mc.max_len + 1)  # full-length windows: the steady state of a long run
     batches = [b for b in plan_epoch(win.subset(full), batch_size, np.random.default_rng(0)) if len(b) == batch_size]

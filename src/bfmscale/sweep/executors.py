@@ -167,8 +167,9 @@ def make_executor(kind: str, workers: int | None = None, threads: int | None = N
     """Executor by name: local or ray. Local default: one worker process per core, one thread each (measured the
     fastest layout on 2 cores, bench/executors.py); threads default to cores // workers (no oversubscription)."""
     if kind == "local":
-        workers = workers or os.cpu_count() or 1
-        return LocalExecutor(workers=workers, threads=threads or max(1, (os.cpu_count() or 1) // workers))
+        cores = os.cpu_count() or 1
+        workers = workers or cores
+        return LocalExecutor(workers=workers, threads=threads or max(1, cores // workers))
     if kind == "ray":
         return RayExecutor(address=address, num_cpus=workers if address is None and workers else None,
                            cpus_per_run=threads or 1)

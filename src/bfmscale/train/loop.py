@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bfmscale.config import RunConfig
+from bfmscale.config import RunConfig, TrainConfig
 from bfmscale.data.dataset import PreparedDataset, load_prepared
 from bfmscale.device import resolve_device, resolve_precision
 from bfmscale.errors import BfmError
@@ -148,6 +148,14 @@ def memory_estimate_bytes(n_params: int, shape: StepShape, cfg: RunConfig, n_ite
     return 16 * n_params + acts + logits
 
 
+def ready_for_training(model: BehaviorModel, tc: TrainConfig) -> None:
+    """Stage-2 freezing (`train.freeze_embedder`) and optional compilation (`train.compile`) of a placed model."""
+    if tc.freeze_embedder:
+        model.freeze_embedder()
+    if tc.compile:
+        model.contextualizer.compile()  # in place: state_dict keys unchanged, checkpoints stay loadable
+
+
 def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path | None = None) -> RunResult:
     """Train one configuration to its FLOP budget, evaluate on validation and test, return the result."""
     t_start = time.perf_counter()
@@ -173,10 +181,7 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
             raise BfmError(f"train.init_from: {path} not found; expected a model checkpoint (model.pt)")
         model.load_state_dict(torch.load(path, map_location="cpu"))
     model.to(device)
-    if tc.freeze_embedder:
-        model.freeze_embedder()
-    if tc.compile:
-        model.contextualizer.compile()  # in place: state_dict keys unchanged, checkpoints stay loadable
+    ready_for_training(model, tc)
     counts = param_counts(mc, catalog, n_ev)
     reset_peak_memory(device)
 
