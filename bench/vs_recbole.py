@@ -72,7 +72,7 @@ PEER_SCRIPT = textwrap.dedent('''
             dt = time.perf_counter() - t
             clock += dt; t_epoch += dt
             samples += len(batch)
-            if pending and clock >= 60 * pending[0]:
+            if clock >= 60 * pending[0]:
                 res = trainer.evaluate(test, load_best_model=False, show_progress=False)
                 out.append({"minutes": pending.pop(0), "ndcg@10": float(res["ndcg@10"]), "hr@10": float(res["hit@10"]),
                             "samples": samples, "train_s": clock})
@@ -127,26 +127,26 @@ def run_ours(max_len: int, minutes: list[float], threads: int) -> dict:
                     "tokens_per_s": res.info["tokens_per_s"], "train_s": res.info["train_time"],
                     "epochs": res.info["epochs"]})
     return {"checkpoints": out, "targets_per_s": float(np.mean([c["tokens_per_s"] for c in out])),
-            "epoch_targets": int(out[-1]["tokens_per_s"] * out[-1]["train_s"] / max(out[-1]["epochs"], 1e-9))}
+            "epoch_s": float(np.mean([c["train_s"] / c["epochs"] for c in out]))}
 
 
 def most_popular(exclude_seen: bool) -> dict[str, float]:
     """Rank items by training popularity for every user; test HR@10 / NDCG@10 with our evaluation."""
+    from bfmscale.config import ModelConfig
     from bfmscale.data.dataset import load_prepared
-    from bfmscale.eval.ranking import pessimistic_ranks, ranking_metrics
+    from bfmscale.eval.ranking import mask_seen, pessimistic_ranks, ranking_metrics
+    from bfmscale.model.catalog import build_catalog
     from bfmscale.train.data import build_sequences
 
     ds = load_prepared(ROOT / "data/prepared/ml-1m")
     seqs = build_sequences(ds)
-    pop = np.bincount(ds.events[ds.events["loo"] == "train"]["item"], minlength=ds.n_items + 1)[1:].astype(float)
-    targets = seqs.items[torch.from_numpy(seqs.offsets[1:] - 1)] - 1
-    scores = torch.from_numpy(np.tile(pop, (seqs.n_users, 1)))
+    pop = build_catalog(ds, ModelConfig().text_buckets).popularity[1:].float()  # training-event counts
+    ends = seqs.offsets[1:] - 1  # each user's test target
+    targets = seqs.items[torch.from_numpy(ends)]
+    scores = pop.repeat(seqs.n_users, 1)
     if exclude_seen:
-        for u in range(seqs.n_users):
-            hist = seqs.items[seqs.offsets[u] : seqs.offsets[u + 1] - 1] - 1
-            hist = hist[hist != targets[u]]
-            scores[u, hist] = -np.inf
-    m = ranking_metrics(pessimistic_ranks(scores, targets).numpy(), ks=(10,))
+        scores = mask_seen(scores, seqs, np.arange(seqs.n_users), ends, targets)
+    m = ranking_metrics(pessimistic_ranks(scores, targets - 1).numpy(), ks=(10,))
     return {"ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"]}
 
 
@@ -174,9 +174,8 @@ def main() -> None:
           " ".join(f"{'NDCG@10 ' + str(int(m)) + 'm':>13} {'HR@10':>6}" for m in minutes))
     for L, peer, ours in rows:
         p_epoch = peer["epoch_s"] if peer["epoch_s"] else peer["epoch_samples"] / peer["samples_per_s"]
-        o_epoch = ours["epoch_targets"] / ours["targets_per_s"]
         for name, tps, ep, cps in (("RecBole SASRec", peer["samples_per_s"], p_epoch, peer["checkpoints"]),
-                                   ("bfmscale id", ours["targets_per_s"], o_epoch, ours["checkpoints"])):
+                                   ("bfmscale id", ours["targets_per_s"], ours["epoch_s"], ours["checkpoints"])):
             cells = " ".join(f"{c['ndcg@10']:>13.4f} {c['hr@10']:>6.4f}" for c in cps)
             print(f"{L:>4} {name:<16} {tps:>10,.0f} {ep:>9,.0f} {cells}")
         print(f"{L:>4} {'ratio ours/peer':<16} {ours['targets_per_s'] / peer['samples_per_s']:>10.1f}x " +
