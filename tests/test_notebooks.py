@@ -109,6 +109,20 @@ def test_failing_notebook(tmp_path):
     assert leftovers(results / "notebooks") == []
 
 
+def test_rerun_writes_the_same_bytes(tmp_path):
+    """No wall-clock stamps, temp paths or random cell ids in the executed copy: a re-run leaves dvc.lock alone."""
+    src = _tiny_notebook(tmp_path / "calm.ipynb", "print(x * 2)")
+    results = tmp_path / "results"
+    first = [p.read_bytes() for p in render_notebook(src, results, {"x": 21}, cwd=tmp_path)]
+    second = [p.read_bytes() for p in render_notebook(src, results, {"x": 21}, cwd=tmp_path)]
+    assert first == second
+    nb = nbformat.read(results / "notebooks" / "calm.ipynb", as_version=4)
+    assert nb.metadata.papermill.output_path == str(results / "notebooks" / "calm.ipynb")
+    assert nb.metadata.papermill.parameters == {"x": 21} and "42" in first[0].decode()
+    for meta in [nb.metadata] + [c.metadata for c in nb.cells]:
+        assert not {"start_time", "end_time", "duration"} & set(meta.get("papermill", {})) and "execution" not in meta
+
+
 def test_missing_notebook(tmp_path):
     with pytest.raises(BfmError, match="nope.ipynb: notebook not found"):
         render_notebook(tmp_path / "nope.ipynb", tmp_path / "results", {})

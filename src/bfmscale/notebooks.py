@@ -1,4 +1,4 @@
-"""Run a parameterized notebook with papermill and render it to HTML, both written atomically."""
+"""Run a parameterized notebook with papermill and render it to HTML, both written atomically and byte-stable."""
 
 from __future__ import annotations
 
@@ -12,9 +12,24 @@ from bfmscale.errors import BfmError
 
 log = logging.getLogger(__name__)
 
+TIMING_KEYS = ("start_time", "end_time", "duration")
+
+
+def stabilize(nb: Any, output_path: Path) -> None:
+    """Drop wall-clock stamps, the temp path and the injected cell's random id, so a re-run writes the same bytes."""
+    nb.metadata.get("papermill", {}).update(output_path=str(output_path))
+    for meta in [nb.metadata] + [cell.metadata for cell in nb.cells]:
+        for key in TIMING_KEYS:
+            meta.get("papermill", {}).pop(key, None)
+        meta.pop("execution", None)
+    for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell.id = "injected-parameters"
+
 
 def render_notebook(src: Path, results: Path, parameters: dict[str, Any], cwd: Path | None = None) -> tuple[Path, Path]:
     """Execute `src` into results/notebooks/<name>.ipynb and export <name>.html; a failing cell is a one-line error."""
+    import nbformat
     import papermill
     from nbconvert import HTMLExporter
 
@@ -33,6 +48,9 @@ def render_notebook(src: Path, results: Path, parameters: dict[str, Any], cwd: P
             os.replace(tmp, failed)
             raise BfmError(f"{src}: cell {exc.exec_count} raised {exc.ename}: {exc.evalue}; "
                            f"the executed notebook is in {failed}") from exc
+        nb = nbformat.read(tmp, as_version=4)
+        stabilize(nb, out_nb)
+        nbformat.write(nb, tmp)
     failed.unlink(missing_ok=True)
     body, _ = HTMLExporter().from_filename(str(out_nb))
     write_text(out_html, body)
