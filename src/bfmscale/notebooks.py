@@ -17,14 +17,13 @@ TIMING_KEYS = ("start_time", "end_time", "duration")
 
 def stabilize(nb: Any, output_path: Path) -> None:
     """Drop wall-clock stamps, the temp path and the injected cell's random id, so a re-run writes the same bytes."""
-    nb.metadata.get("papermill", {}).update(output_path=str(output_path))
-    for meta in [nb.metadata] + [cell.metadata for cell in nb.cells]:
+    nb.metadata.papermill.output_path = str(output_path)
+    for part in [nb, *nb.cells]:
         for key in TIMING_KEYS:
-            meta.get("papermill", {}).pop(key, None)
-        meta.pop("execution", None)
-    for cell in nb.cells:
-        if "injected-parameters" in cell.metadata.get("tags", []):
-            cell.id = "injected-parameters"
+            part.metadata.get("papermill", {}).pop(key, None)
+        part.metadata.pop("execution", None)
+        if "injected-parameters" in part.metadata.get("tags", []):
+            part.id = "injected-parameters"
 
 
 def render_notebook(src: Path, results: Path, parameters: dict[str, Any], cwd: Path | None = None) -> tuple[Path, Path]:
