@@ -8,7 +8,9 @@ create_dataset / data_preparation / SASRec directly (recbole.quick_start imports
 and is evaluated at each checkpoint (evaluation time is not counted, nor is its data loader: its clock runs over
 forward, backward and optimizer step only, while ours also counts building each batch); ours trains one full
 schedule per checkpoint (a model whose FLOP budget fits that wall time). RecBole's full-sort evaluation drops
-history items from the ranking, so our figures here use `data.exclude_seen=true` too. Prints training targets/s,
+history items from the ranking, so our figures here use `data.exclude_seen=true` too. Precision is each side's
+default: RecBole's `enable_amp` is off (fp32); ours is `auto` (bf16 autocast where the CPU has native bf16, fp32
+where it has not). Prints training targets/s,
 seconds per epoch, test NDCG@10 / HR@10 at each checkpoint, and a most-popular baseline.
 
     .venv/bin/python bench/vs_recbole.py --quick             # checkpoints 2 and 5 minutes, L=50 only
@@ -184,6 +186,9 @@ def main() -> None:
             print(f"{L:>4} {name:<16} {tps:>10,.0f} {ep:>9,.0f} {cells}")
         print(f"{L:>4} {'ratio ours/peer':<16} {ours['targets_per_s'] / peer['samples_per_s']:>10.1f}x " +
               " ".join(f"{o['ndcg@10'] / max(p['ndcg@10'], 1e-9):>12.1f}x {'':>6}"
+                       for o, p in zip(ours["checkpoints"], peer["checkpoints"])))
+        print(f"{L:>4} {'train s, peer/ours':<27} " +  # ours' budget is sized from a probe, so it can overrun a bit
+              " ".join(f"{p['train_s']:>6,.0f}/{o['train_s']:<6,.0f}"
                        for o, p in zip(ours["checkpoints"], peer["checkpoints"])))
 
 
