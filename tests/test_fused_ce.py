@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from bfmscale.train import fused_ce
 from bfmscale.train.fused_ce import fused_linear_cross_entropy, fused_sampled_cross_entropy
-from bfmscale.train.negatives import (NegativeSampler, frozen_sampled_softmax_loss, sampled_logits,
+from bfmscale.train.negatives import (NegativeSampler, correct_sampled_logits, frozen_sampled_softmax_loss,
                                       sampled_softmax_loss)
 
 
@@ -79,8 +80,10 @@ def test_under_autocast_matches_plain_autocast():
 
 @pytest.mark.parametrize("chunk", [1, 5, 1000])
 @pytest.mark.parametrize("logq", [True, False])
-def test_frozen_sampled_matches_reference(chunk, logq):
-    """Fused sampled CE over a frozen cache: same loss and dh as the plain path, accidental hits still masked."""
+@pytest.mark.parametrize("dense", [False, True])
+def test_frozen_sampled_matches_reference(chunk, logq, dense):
+    """Fused sampled CE over a frozen cache, either route: same loss and dh as the plain path, accidental hits
+    still masked, repeated negatives counted once each."""
     torch.manual_seed(0)
     cache = torch.randn(13, 8)  # codes 0..12, row 0 = padding
     h = torch.randn(30, 8, requires_grad=True)
@@ -88,15 +91,49 @@ def test_frozen_sampled_matches_reference(chunk, logq):
     sampler = NegativeSampler("popularity", 12, torch.arange(13.0))
     neg = sampler.sample(30, 6, torch.Generator().manual_seed(1))
     neg[0, 0] = pos[0]  # an accidental hit
+    neg[1, :3] = neg[1, 3]  # the same negative four times for one target
     log_q = sampler.log_q(neg) if logq else None
     ref = sampled_softmax_loss(h, cache[pos], cache[neg], pos, neg, log_q, temperature=0.5)
     ref.backward()
     gh = h.grad.clone()
     h.grad = None
-    out = fused_sampled_cross_entropy(h / 0.5, cache, pos, neg, log_q, sampled_logits, chunk=chunk)
+    out = fused_sampled_cross_entropy(h / 0.5, cache, pos, neg, log_q, correct_sampled_logits, dense=dense, chunk=chunk)
     (3.0 * out).backward()
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(h.grad, 3 * gh, rtol=1e-4, atol=1e-6)
     h.grad = None
     frozen_sampled_softmax_loss(h, cache, pos, neg, log_q, temperature=0.5).backward()
     torch.testing.assert_close(h.grad, gh, rtol=1e-4, atol=1e-6)
+
+
+def test_frozen_sampled_routes_agree_under_autocast():
+    """Under bf16 autocast both routes read the bf16 cache: losses and dh agree with fp32 to bf16 precision, and
+    the gradient comes back in h's fp32."""
+    torch.manual_seed(0)
+    cache = torch.randn(41, 16)
+    h = torch.randn(50, 16, requires_grad=True)
+    pos = torch.randint(1, 41, (50,))
+    neg = torch.randint(1, 41, (50, 7))
+    ref = fused_sampled_cross_entropy(h, cache, pos, neg, None, correct_sampled_logits, dense=False)
+    ref.backward()
+    gh = h.grad.clone()
+    for dense in (False, True):
+        h.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fused_sampled_cross_entropy(h, cache, pos, neg, None, correct_sampled_logits, dense=dense)
+        out.backward()
+        assert h.grad.dtype == torch.float32
+        torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(h.grad, gh, rtol=5e-2, atol=2e-3)
+
+
+def test_frozen_sampled_default_route_follows_catalog_size(monkeypatch):
+    """The dense route is taken while I <= DENSE_MAX_RATIO * (K + 1), the gather route beyond."""
+    routes = []
+    real = fused_ce._FusedSampledCE.apply
+    monkeypatch.setattr(fused_ce._FusedSampledCE, "apply", lambda *a: routes.append(a[6]) or real(*a))
+    h, pos = torch.randn(4, 8), torch.tensor([1, 2, 3, 4])
+    for n_items, k in [(fused_ce.DENSE_MAX_RATIO * 5, 4), (fused_ce.DENSE_MAX_RATIO * 5 + 1, 4)]:
+        cache = torch.randn(n_items + 1, 8)
+        fused_sampled_cross_entropy(h, cache, pos, torch.randint(1, n_items + 1, (4, k)), None, correct_sampled_logits)
+    assert routes == [True, False]

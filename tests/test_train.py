@@ -185,3 +185,18 @@ def test_peak_memory_is_per_run():
     del big
     reset_peak_memory(cpu)
     assert peak_memory_bytes(cpu) < high - 32 * 2**20
+
+
+@pytest.mark.parametrize("tune", [True, False])
+def test_ready_for_training_tunes_malloc_as_configured(monkeypatch, tune):
+    """Runs and benches share one readying step, so the benches time what training runs under (train.tune_malloc)."""
+    from bfmscale.config import ModelConfig, TrainConfig
+    from bfmscale.model.bfm import BehaviorModel
+    from bfmscale.model.catalog import ItemCatalog
+    from bfmscale.train import loop
+
+    calls = []
+    monkeypatch.setattr(loop, "tune_malloc", lambda: calls.append(1) or True)
+    loop.ready_for_training(BehaviorModel(ModelConfig(d_model=8, n_heads=1, d_ff=16, max_len=4), ItemCatalog(5)),
+                            TrainConfig(tune_malloc=tune))
+    assert calls == ([1] if tune else [])

@@ -149,7 +149,10 @@ def memory_estimate_bytes(n_params: int, shape: StepShape, cfg: RunConfig, n_ite
 
 
 def ready_for_training(model: BehaviorModel, tc: TrainConfig) -> None:
-    """Stage-2 freezing (`train.freeze_embedder`) and optional compilation (`train.compile`) of a placed model."""
+    """The process's malloc tuning (`train.tune_malloc`), stage-2 freezing (`train.freeze_embedder`) and optional
+    compilation (`train.compile`) of a placed model: what every training step (runs and benches) runs under."""
+    if tc.tune_malloc:
+        tune_malloc()
     if tc.freeze_embedder:
         model.freeze_embedder()
     if tc.compile:
@@ -162,8 +165,6 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
     tc, mc = cfg.train, cfg.model
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    if tc.tune_malloc:
-        tune_malloc()
     device = resolve_device(tc.device)
     amp = resolve_precision(tc.precision, device)
     torch.manual_seed(cfg.seed)

@@ -63,7 +63,14 @@ def sampled_logits(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, pos_co
     """[N, 1 + K] logits, positive first. With neg_log_q, negatives are corrected by -log(K q) (sampled softmax);
     negatives that equal the positive are masked with a large finite negative."""
     cand = torch.cat([pos.unsqueeze(1), neg], dim=1)  # [N, 1+K, d]
-    logits = torch.bmm(cand, _scaled(h, temperature).unsqueeze(-1)).squeeze(-1).float()
+    raw = torch.bmm(cand, _scaled(h, temperature).unsqueeze(-1)).squeeze(-1)
+    return correct_sampled_logits(raw, pos_codes, neg_codes, neg_log_q)
+
+
+def correct_sampled_logits(raw: torch.Tensor, pos_codes: torch.Tensor, neg_codes: torch.Tensor,
+                           neg_log_q: torch.Tensor | None) -> torch.Tensor:
+    """fp32 [N, 1 + K] logits from raw dot products (positive first): logQ correction and accidental-hit mask."""
+    logits = raw.float()
     k = neg_codes.shape[1]
     neg_logits = logits[:, 1:]
     if neg_log_q is not None:
@@ -76,7 +83,8 @@ def frozen_sampled_softmax_loss(h: torch.Tensor, cache: torch.Tensor, pos_codes:
                                 neg_codes: torch.Tensor, neg_log_q: torch.Tensor | None,
                                 temperature: float = 1.0) -> torch.Tensor:
     """Mean sampled CE with a frozen embedder's candidate cache, fused so [N, K+1, d] is never materialized."""
-    return fused_sampled_cross_entropy(_scaled(h, temperature), cache, pos_codes, neg_codes, neg_log_q, sampled_logits)
+    return fused_sampled_cross_entropy(_scaled(h, temperature), cache, pos_codes, neg_codes, neg_log_q,
+                                       correct_sampled_logits)
 
 
 def sampled_softmax_loss(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, pos_codes: torch.Tensor,
