@@ -7,6 +7,7 @@ Needs data/prepared/ml-1m.
 
     .venv/bin/python bench/train_throughput.py --quick      # a small subset, ~6 minutes on 2 cores
     .venv/bin/python bench/train_throughput.py              # the whole grid
+    python bench/train_throughput.py --d-models 1024,256,64 --batch-size 128   # on a GPU (bench/gpu_check.sh)
 """
 
 from __future__ import annotations
@@ -36,18 +37,23 @@ OBJECTIVES = {"full": dict(objective="full"), "sampled128": dict(objective="samp
               "frozen1024": dict(objective="sampled", n_negatives=1024, freeze_embedder=True)}
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5) -> float:
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int, reps: int = 5) -> float:
     """Best GFLOP/s of an n x n x n matmul in `dtype` (the denominator of MFU)."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     best = float("inf")
     for _ in range(reps + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         t = time.perf_counter()
         (a @ b).sum().item()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that host clocks time it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, amp, batch_size: int, steps: int,
@@ -61,7 +67,7 @@ def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, am
     win = train_windows(seqs, mc.max_len)
     full = np.flatnonzero(win.lengths == mc.max_len + 1)  # full-length windows: the steady state of a long run
     batches = [b for b in plan_epoch(win.subset(full), batch_size, np.random.default_rng(0)) if len(b) == batch_size]
-    obj = Objective(tc, NegativeSampler(tc.sampler, catalog.n_items, catalog.popularity), torch.Generator().manual_seed(0))
+    obj = Objective(tc, NegativeSampler(tc.sampler, catalog.n_items, catalog.popularity), torch.Generator(device).manual_seed(0))
     opt = make_optimizer(model, tc.lr, tc)
     sub = win.subset(full)
     tokens = flops = 0.0
@@ -70,12 +76,10 @@ def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, am
         items, feats = gather(seqs, sub.subset(idx))
         items = items.to(device)
         feats = feats.to(device) if feats is not None else None
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         t = time.perf_counter()
         train_step(model, obj, opt, items, feats, amp, tc.grad_clip)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         if i < 2:
             warmup += time.perf_counter() - t
         else:
@@ -86,6 +90,17 @@ def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, am
     return tokens / elapsed, flops / elapsed, warmup
 
 
+def eval_throughput(seqs, catalog, d: int, device: torch.device) -> None:
+    """Print users/s of full-catalog test ranking with one fixed configuration: ID embedder, L=2, T=200, fp32."""
+    model = BehaviorModel(ModelConfig(d_model=d, n_layers=2, n_heads=max(1, d // 64), d_ff=4 * d, max_len=200),
+                          catalog, len(seqs.feature_names)).to(device)
+    t0 = time.perf_counter()
+    res = evaluate(model, seqs, "test", model.cfg.max_len, device, batch_size=512)
+    el = time.perf_counter() - t0
+    print(f"eval: {len(res.per_user):,} users ranked over {catalog.n_items:,} items in {el:.1f} s = "
+          f"{len(res.per_user) / el:,.0f} users/s (id, d={d}, L=2, T=200, fp32)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -94,32 +109,44 @@ def main() -> None:
     ap.add_argument("--prepared", default="data/prepared/ml-1m")
     ap.add_argument("--d-models", default=None, help="comma list, e.g. 64,128,256 (GPU: up to 1024)")
     ap.add_argument("--compile", action="store_true", help="also time each config with torch.compile")
+    ap.add_argument("--precisions", default=None, help="comma list of fp32, bf16 (default: both where bf16 is native)")
     args = ap.parse_args()
     device = resolve_device("auto")
     ds = load_prepared(args.prepared)
     seqs = build_sequences(ds)
     catalog = build_catalog(ds, 2048)
     native_bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
-    precisions = ["fp32"] + (["bf16"] if native_bf16 else [])
-    peaks = {"fp32": matmul_peak(torch.float32, device)}
-    if native_bf16:
-        peaks["bf16"] = matmul_peak(torch.bfloat16, device)
+    precisions = args.precisions.split(",") if args.precisions else ["fp32"] + (["bf16"] if native_bf16 else [])
+    if "bf16" in precisions and not native_bf16:
+        raise SystemExit(f"--precisions: bf16 asked for, but {device} has no native bf16 (it would run ~20x slower)")
+    n = 8192 if device.type == "cuda" else 2048  # a GPU needs the larger product to reach its peak
+    peaks = {p: matmul_peak(torch.bfloat16 if p == "bf16" else torch.float32, device, n) for p in precisions}
     d_models = [int(x) for x in args.d_models.split(",")] if args.d_models else [64, 128, 256]
     grid = list(itertools.product(d_models, [2, 4], [50, 200], OBJECTIVES, ["id", "features"], precisions))
     if args.quick:
         grid = [g for g in grid if g[1] == 2 and g[2] == 200 and g[3] in ("full", "frozen1024") and g[4] == "id"] + \
                [(128, 2, 200, "sampled128", "features", p) for p in precisions]
-    print(f"device: {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; matmul peak (2048^3): " +
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"device: {device} ({name}), torch {torch.__version__}, batch {args.batch_size}, "
+          f"{torch.get_num_threads()} threads; matmul peak ({n}^3): " +
           ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
+    eval_throughput(seqs, catalog, max(d_models), device)
     print(f"{'d':>5} {'L':>2} {'T':>4} {'objective':>11} {'embedder':>9} {'prec':>5} {'tokens/s':>10} {'GFLOP/s':>8} "
           f"{'MFU':>6}" + (f" {'compiled tok/s':>15} {'speed-up':>9} {'compile s':>10}" if args.compile else ""))
+    failed: list[str] = []
     for d, layers, t, obj, emb, prec in grid:
         mc = ModelConfig(embedder=emb, d_model=d, n_layers=layers, n_heads=max(1, d // 64), d_ff=4 * d, max_len=t,
                          dropout=0.1)
         tc = TrainConfig(**OBJECTIVES[obj])
         amp = torch.bfloat16 if prec == "bf16" else None
-        tok_s, flop_s, _ = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps)
+        try:
+            tok_s, flop_s, _ = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps)
+        except RuntimeError as e:  # e.g. a GPU grid up to d=1024 outgrowing the card: say so, go on, fail at the end
+            failed.append(f"{d} {layers} {t} {obj} {emb} {prec}: {type(e).__name__}: {str(e).splitlines()[0]}")
+            print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5}   failed: {failed[-1]}", flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
         extra = ""
         if args.compile:
             c_tok_s, _, c_warm = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps,
@@ -127,14 +154,8 @@ def main() -> None:
             extra = f" {c_tok_s:>15,.0f} {c_tok_s / tok_s:>8.2f}x {c_warm:>10.1f}"
         print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5} {tok_s:>10,.0f} {flop_s / 1e9:>8.1f} "
               f"{100 * flop_s / 1e9 / peaks[prec]:>5.1f}%" + extra, flush=True)
-    d = max(d_models)  # evaluation throughput on one fixed configuration: ID embedder, L=2, T=200, fp32
-    model = BehaviorModel(ModelConfig(d_model=d, n_layers=2, n_heads=max(1, d // 64), d_ff=4 * d, max_len=200),
-                          catalog, len(seqs.feature_names)).to(device)
-    t0 = time.perf_counter()
-    res = evaluate(model, seqs, "test", model.cfg.max_len, device, batch_size=512)
-    el = time.perf_counter() - t0
-    print(f"eval: {len(res.per_user):,} users ranked over {catalog.n_items:,} items in {el:.1f} s = "
-          f"{len(res.per_user) / el:,.0f} users/s (id, d={d}, L=2, T=200, fp32)")
+    if failed:
+        raise SystemExit(f"{len(failed)} configuration(s) failed: " + "; ".join(failed))
 
 
 if __name__ == "__main__":
