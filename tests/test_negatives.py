@@ -76,3 +76,15 @@ def test_inbatch_uses_distinct_targets_and_logq():
     expected = h @ torch.stack([pos[1], pos[0]]).T - log_q[torch.tensor([2, 4])]
     torch.testing.assert_close(logits, expected)
     F.cross_entropy(logits, label)  # a valid distribution over the candidates
+
+
+def test_sampler_draws_on_the_generators_device_and_copies_tables_once():
+    pop = torch.tensor([0.0, 5, 1, 0, 3])
+    sampler = NegativeSampler("popularity", 4, pop)
+    draws = sampler.sample(3, 7, torch.Generator(torch.device("cpu")).manual_seed(0))
+    assert draws.device.type == "cpu" and draws.shape == (3, 7)
+    meta = torch.device("meta")  # stands in for a GPU: the tables are copied there once and reused
+    first = sampler.on("log_probs", meta)
+    assert first.device == meta and sampler.on("log_probs", meta) is first
+    assert sampler.on("log_probs", torch.device("cpu")) is sampler.log_probs
+    assert sampler.log_q(torch.tensor([1, 4])).device.type == "cpu"

@@ -36,16 +36,26 @@ class NegativeSampler:
             probs = weights / weights.sum()
         self.probs = probs.float()
         self.log_probs = torch.cat([torch.zeros(1), probs.log().float()])  # indexed by code; row 0 unused
+        self._copies: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    def on(self, name: str, device: torch.device) -> torch.Tensor:
+        """`probs` or `log_probs` on `device`, copied there once."""
+        t = getattr(self, name)
+        if t.device == device:
+            return t
+        return self._copies.setdefault((name, device), t.to(device))
 
     def sample(self, n: int, k: int, generator: torch.Generator) -> torch.Tensor:
-        """[n, k] item codes (with replacement)."""
+        """[n, k] item codes (with replacement), drawn on the generator's device: a CUDA generator keeps the
+        [n, k] draw and its copy off the host (at K=1024 the host draw was the GPU step's bottleneck)."""
+        dev = generator.device
         if self.kind == "uniform":
-            return torch.randint(1, self.n_items + 1, (n, k), generator=generator)
-        return torch.multinomial(self.probs, n * k, replacement=True, generator=generator).view(n, k) + 1
+            return torch.randint(1, self.n_items + 1, (n, k), generator=generator, device=dev)
+        return torch.multinomial(self.on("probs", dev), n * k, replacement=True, generator=generator).view(n, k) + 1
 
     def log_q(self, codes: torch.Tensor) -> torch.Tensor:
         """log sampling probability of each code."""
-        return self.log_probs.to(codes.device)[codes]
+        return self.on("log_probs", codes.device)[codes]
 
 
 def full_softmax_loss(h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,

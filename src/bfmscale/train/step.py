@@ -40,7 +40,7 @@ class Objective:
             else:
                 loss = sampled_softmax_loss(hn, pos, model.item_vectors(neg_codes), tgt, neg_codes, log_q, temp)
         else:
-            log_q = self.sampler.log_probs.to(items.device) if self.cfg.logq else None
+            log_q = self.sampler.on("log_probs", items.device) if self.cfg.logq else None
             loss = inbatch_loss(hn, pos, tgt, log_q, temp)
         return loss, int(tgt.numel())
 
@@ -57,7 +57,7 @@ class Objective:
             log_q = self.sampler.log_q(neg) if self.cfg.logq else None
             return sampled_softmax_loss(h, catalog[targets - 1], catalog[neg - 1], targets, neg, log_q,
                                         self.temperature, reduction="none")
-        log_q = self.sampler.log_probs.to(h.device) if self.cfg.logq else None
+        log_q = self.sampler.on("log_probs", h.device) if self.cfg.logq else None
         return inbatch_loss(h, catalog[targets - 1], targets, log_q, self.temperature, reduction="none")
 
 
