@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.model.accounting import (StepShape, embedder_share, module_param_counts, param_counts, seed002_params,
                                        step_flops)
+from bfmscale.model import embedder as embedder_mod
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog
 from bfmscale.train import fused_ce
@@ -50,9 +51,11 @@ CASES = [
 
 @pytest.mark.parametrize("embedder,objective,frozen,max_len,extra", CASES)
 def test_step_flops_match_flop_counter(ds, embedder, objective, frozen, max_len, extra, monkeypatch):
-    # The accounting counts the objective's K+1 candidates per target (model FLOPs): the gather route executes
-    # exactly those; the dense route for small catalogs does more FLOPs in less time (tests/test_fused_ce.py).
+    # The accounting counts model FLOPs: the objective's K+1 candidates per target, the embedder's MLP per lookup.
+    # The gather and per-lookup routes execute exactly those; the dense route for small catalogs does more FLOPs in
+    # less time (tests/test_fused_ce.py), the catalog route fewer (tests/test_model.py).
     monkeypatch.setattr(fused_ce, "DENSE_MAX_RATIO", 0)
+    monkeypatch.setattr(embedder_mod, "CATALOG_ROUTE_RATIO", float("inf"))
     mc = ModelConfig(embedder=embedder, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_len=max_len, dropout=0.1,
                      mlp_hidden=48, **extra)
     tc = TrainConfig(objective=objective, n_negatives=8, freeze_embedder=frozen, sampler="popularity")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bfmscale.config import ModelConfig
+from bfmscale.model import embedder as embedder_mod
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog, hash_tokens
 from bfmscale.model.transformer import layer_dropouts
@@ -78,3 +79,36 @@ def test_layerwise_dropout_falls_with_depth():
     mc = ModelConfig(n_layers=3, dropout=0.3, dropout_min=0.1, layerwise_dropout=True)
     assert layer_dropouts(mc) == pytest.approx([0.3, 0.2, 0.1])
     assert layer_dropouts(ModelConfig(n_layers=3, dropout=0.3)) == [0.3, 0.3, 0.3]
+
+
+@pytest.mark.parametrize("extra", [{}, {"id_buckets": 7, "mlp_layers": 3}])
+def test_catalog_route_equals_per_lookup_embedding(ds, extra, monkeypatch):
+    """Embedding every item once and gathering gives the per-lookup vectors and the same parameter gradients."""
+    mc = ModelConfig(embedder="features", d_model=16, n_heads=2, mlp_hidden=24, **extra)
+    torch.manual_seed(0)
+    model = BehaviorModel(mc, build_catalog(ds, mc.text_buckets))
+    codes = torch.randint(0, 31, (40, 9))  # 360 lookups of 31 rows (padding included), many repeated
+    weights = torch.randn(40, 9, 16)
+    results = []
+    for ratio in (float("inf"), 1.0):  # per lookup, then the catalog route
+        monkeypatch.setattr(embedder_mod, "CATALOG_ROUTE_RATIO", ratio)
+        model.zero_grad()
+        out = model.item_vectors(codes)
+        (out * weights).sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.embedder.named_parameters()}))
+    (per_lookup, g_lookup), (routed, g_routed) = results
+    torch.testing.assert_close(routed, per_lookup, rtol=1e-5, atol=1e-6)
+    assert g_routed.keys() == g_lookup.keys() and len(g_lookup) > 3
+    for name in g_lookup:
+        torch.testing.assert_close(g_routed[name], g_lookup[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_catalog_route_only_for_many_lookups(ds, monkeypatch):
+    """Few lookups run the MLP on them alone; more lookups than catalog rows run it once per item."""
+    mc = ModelConfig(embedder="features", d_model=16, n_heads=2)
+    model = BehaviorModel(mc, build_catalog(ds, mc.text_buckets))
+    seen = []
+    model.embedder.mlp.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    model.item_vectors(torch.tensor([[1, 2, 3]]))
+    model.item_vectors(torch.randint(1, 31, (10, 10)))
+    assert seen == [3, 31]

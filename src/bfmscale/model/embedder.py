@@ -13,6 +13,11 @@ from torch import nn
 from bfmscale.config import ModelConfig
 from bfmscale.model.catalog import ItemCatalog
 
+# A feature embedder asked for more vectors than this many times the catalog's rows embeds every item once and
+# gathers (same values and gradients: item vectors depend on the item alone). Sampled negatives ask for N*K vectors of
+# at most I items; FLOP accounting still charges the model's per-lookup MLP (tests pin this to inf to count them).
+CATALOG_ROUTE_RATIO = 1.0
+
 
 class EventEmbedder(nn.Module):
     """Maps item codes [...] to vectors [..., d_model]; `event_features` adds a projection of per-event features."""
@@ -61,7 +66,13 @@ class EventEmbedder(nn.Module):
         """Item vectors for codes of any shape [...] -> [..., d_model]."""
         if self.mode == "id":
             return self.item(codes)
-        flat = codes.reshape(-1)
+        rows = self.numeric.shape[0]  # I + 1, row 0 the padding
+        if codes.numel() > CATALOG_ROUTE_RATIO * rows:
+            return nn.functional.embedding(codes, self._embed(torch.arange(rows, device=codes.device)))
+        return self._embed(codes.reshape(-1)).reshape(*codes.shape, -1)
+
+    def _embed(self, flat: torch.Tensor) -> torch.Tensor:
+        """Run the feature tables and the MLP for 1-D item codes -> [n, d_model]."""
         parts = []
         if self.id_table is not None:
             ids = flat if self.cfg.id_buckets == -1 else torch.where(flat > 0, flat % self.cfg.id_buckets + 1, flat)
@@ -74,15 +85,13 @@ class EventEmbedder(nn.Module):
             parts.append(self.text_tables[k](getattr(self, f"text_{k}")[flat]))
         if self.numeric.shape[1]:
             parts.append(self.numeric[flat])
-        out = self.mlp(torch.cat(parts, dim=-1))
-        return out.reshape(*codes.shape, -1)
+        return self.mlp(torch.cat(parts, dim=-1))
 
     def catalog(self) -> torch.Tensor:
         """Vectors of every real item (codes 1..I) -> [I, d_model]."""
         if self.mode == "id":
             return self.item.weight[1:]
-        codes = torch.arange(1, self.numeric.shape[0], device=self.numeric.device)
-        return self.items(codes)
+        return self._embed(torch.arange(1, self.numeric.shape[0], device=self.numeric.device))
 
     def events(self, item_vecs: torch.Tensor, event_features: torch.Tensor | None) -> torch.Tensor:
         """History-event vectors: item vector plus a projection of the event's own features (if enabled)."""
