@@ -9,8 +9,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bfmscale.train import fused_ce
 from bfmscale.train.fused_ce import fused_linear_cross_entropy, fused_sampled_cross_entropy
-from bfmscale.train.negatives import (NegativeSampler, correct_sampled_logits, frozen_sampled_softmax_loss,
-                                      sampled_softmax_loss)
+from bfmscale.train.negatives import (NegativeSampler, correct_sampled_logits, sampled_softmax_loss,
+                                      table_sampled_softmax_loss)
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
@@ -102,8 +102,32 @@ def test_frozen_sampled_matches_reference(chunk, logq, dense):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(h.grad, 3 * gh, rtol=1e-4, atol=1e-6)
     h.grad = None
-    frozen_sampled_softmax_loss(h, cache, pos, neg, log_q, temperature=0.5).backward()
+    table_sampled_softmax_loss(h, cache, pos, neg, log_q, temperature=0.5).backward()
     torch.testing.assert_close(h.grad, gh, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+@pytest.mark.parametrize("dense", [False, True])
+def test_table_sampled_gradient_matches_reference(chunk, dense):
+    """With a trainable item table, either route gives the plain path's loss and the gradients of h and of every
+    table row (positives, repeated negatives and accidental hits included; the padding row gets none)."""
+    torch.manual_seed(0)
+    table = torch.randn(13, 8, requires_grad=True)
+    h = torch.randn(30, 8, requires_grad=True)
+    pos = torch.randint(1, 13, (30,))
+    sampler = NegativeSampler("popularity", 12, torch.arange(13.0))
+    neg = sampler.sample(30, 6, torch.Generator().manual_seed(1))
+    neg[0, 0] = pos[0]
+    neg[1, :3] = neg[1, 3]
+    log_q = sampler.log_q(neg)
+    sampled_softmax_loss(h, table[pos], table[neg], pos, neg, log_q, temperature=0.5).backward()
+    gh, gt = h.grad.clone(), table.grad.clone()
+    h.grad = table.grad = None
+    out = fused_sampled_cross_entropy(h / 0.5, table, pos, neg, log_q, correct_sampled_logits, dense=dense, chunk=chunk)
+    (2.0 * out).backward()
+    torch.testing.assert_close(h.grad, 2 * gh, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(table.grad, 2 * gt, rtol=1e-4, atol=1e-6)
+    assert torch.count_nonzero(table.grad[0]) == 0 and torch.count_nonzero(gt[1:]) > 0
 
 
 def test_frozen_sampled_routes_agree_under_autocast():
@@ -137,3 +161,46 @@ def test_frozen_sampled_default_route_follows_catalog_size(monkeypatch):
         cache = torch.randn(n_items + 1, 8)
         fused_sampled_cross_entropy(h, cache, pos, torch.randint(1, n_items + 1, (4, k)), None, correct_sampled_logits)
     assert routes == [True, False]
+
+
+@pytest.mark.parametrize("embedder", ["id", "features"])
+def test_sampled_objective_through_the_table_equals_per_candidate_vectors(tmp_path, embedder, monkeypatch):
+    """The training objective's sampled loss read from the item table (ID always; features by the catalog route)
+    gives the per-candidate path's loss and the same gradient for every parameter."""
+    import numpy as np
+
+    from bfmscale.config import ModelConfig, TrainConfig
+    from bfmscale.model import embedder as embedder_mod
+    from bfmscale.model.bfm import BehaviorModel
+    from bfmscale.model.catalog import build_catalog
+    from bfmscale.train.data import build_sequences, gather, train_windows
+    from bfmscale.train.step import Objective
+    from synthetic import make_prepared
+
+    ds = make_prepared(tmp_path, n_users=12, n_items=40, min_len=10, max_len=30)
+    mc = ModelConfig(embedder=embedder, d_model=16, n_heads=2, d_ff=32, max_len=20, dropout=0.0, mlp_hidden=24)
+    tc = TrainConfig(objective="sampled", n_negatives=9, sampler="popularity")
+    catalog, seqs = build_catalog(ds, mc.text_buckets), build_sequences(ds)
+    n_ev = len(seqs.feature_names) if embedder == "features" else 0
+    torch.manual_seed(0)
+    model = BehaviorModel(mc, catalog, n_ev)
+    win = train_windows(seqs, mc.max_len)
+    items, feats = gather(seqs, win.subset(np.arange(6)))
+    sampler = NegativeSampler("popularity", catalog.n_items, catalog.popularity)
+    loss, _ = Objective(tc, sampler, torch.Generator().manual_seed(3)).loss(model, items, feats)
+    loss.backward()
+    routed = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    monkeypatch.setattr(embedder_mod, "CATALOG_ROUTE_RATIO", float("inf"))  # features: per-lookup vectors again
+    vecs = model.item_vectors(items)
+    h = model.context(vecs[:, :-1], feats[:, :-1] if feats is not None else None)
+    mask = items[:, 1:] != 0
+    tgt = items[:, 1:][mask]
+    neg = sampler.sample(len(tgt), tc.n_negatives, torch.Generator().manual_seed(3))
+    ref = sampled_softmax_loss(h[mask], vecs[:, 1:][mask], model.item_vectors(neg), tgt, neg, sampler.log_q(neg))
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    assert len(routed) > 5
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(routed[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -112,3 +112,13 @@ def test_catalog_route_only_for_many_lookups(ds, monkeypatch):
     model.item_vectors(torch.tensor([[1, 2, 3]]))
     model.item_vectors(torch.randint(1, 31, (10, 10)))
     assert seen == [3, 31]
+
+
+@pytest.mark.parametrize("embedder", ["id", "features"])
+def test_item_table_rows_are_item_vectors(ds, embedder):
+    """The table the sampled CE reads is every item's vector by code, frozen or not."""
+    mc = ModelConfig(embedder=embedder, d_model=16, n_heads=2)
+    model = BehaviorModel(mc, build_catalog(ds, mc.text_buckets)).eval()
+    codes = torch.tensor([1, 5, 30])
+    torch.testing.assert_close(model.item_table()[codes], model.item_vectors(codes))
+    assert model.item_table().shape[0] == 31 and model.item_table().requires_grad

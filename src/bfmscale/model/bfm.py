@@ -39,6 +39,10 @@ class BehaviorModel(nn.Module):
         """Candidate/item vectors for codes of any shape."""
         return self.cache[codes] if self.cache is not None else self.embedder.items(codes)
 
+    def item_table(self) -> torch.Tensor:
+        """[I + 1, d] vectors by item code (row 0 padding): the frozen cache, or the embedder's table with gradients."""
+        return self.cache if self.cache is not None else self.embedder.table()
+
     def catalog_vectors(self) -> torch.Tensor:
         """Vectors of items 1..I -> [I, d]."""
         return self.cache[1:] if self.cache is not None else self.embedder.catalog()

@@ -66,10 +66,19 @@ class EventEmbedder(nn.Module):
         """Item vectors for codes of any shape [...] -> [..., d_model]."""
         if self.mode == "id":
             return self.item(codes)
-        rows = self.numeric.shape[0]  # I + 1, row 0 the padding
-        if codes.numel() > CATALOG_ROUTE_RATIO * rows:
-            return nn.functional.embedding(codes, self._embed(torch.arange(rows, device=codes.device)))
+        if self.uses_table(codes.numel()):
+            return nn.functional.embedding(codes, self.table())
         return self._embed(codes.reshape(-1)).reshape(*codes.shape, -1)
+
+    def uses_table(self, n_lookups: int) -> bool:
+        """Whether `n_lookups` item vectors are read from `table()`: always for IDs, by the catalog route for features."""
+        return self.mode == "id" or n_lookups > CATALOG_ROUTE_RATIO * self.numeric.shape[0]
+
+    def table(self) -> torch.Tensor:
+        """Every item's vector by code, row 0 the padding -> [I + 1, d_model]."""
+        if self.mode == "id":
+            return self.item.weight
+        return self._embed(torch.arange(self.numeric.shape[0], device=self.numeric.device))
 
     def _embed(self, flat: torch.Tensor) -> torch.Tensor:
         """Run the feature tables and the MLP for 1-D item codes -> [n, d_model]."""

@@ -83,42 +83,53 @@ DENSE_MAX_RATIO = 32  # frozen sampled CE scores the whole catalog when I <= thi
 
 class _FusedSampledCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: torch.Tensor, cache: torch.Tensor, pos_codes: torch.Tensor, neg_codes: torch.Tensor,
+    def forward(ctx, h: torch.Tensor, table: torch.Tensor, pos_codes: torch.Tensor, neg_codes: torch.Tensor,
                 log_q: torch.Tensor | None, correct: Callable, dense: bool, chunk: int) -> torch.Tensor:
         n = h.shape[0]
         dh = torch.empty_like(h)
+        dtable = torch.zeros(table.shape, dtype=torch.float32, device=h.device) if ctx.needs_input_grad[1] else None
         total = torch.zeros((), dtype=torch.float32, device=h.device)
-        cache = cache.to(_matmul_dtype(h))  # once: gathers move half the bytes under bf16 autocast
-        catalog = cache[1:]
+        mm = table.to(_matmul_dtype(h))  # once: gathers move half the bytes under bf16 autocast
+        catalog = mm[1:]
         for s in range(0, n, chunk):
-            hc, pc, nc = h[s : s + chunk].to(cache.dtype), pos_codes[s : s + chunk], neg_codes[s : s + chunk]
+            hc, pc, nc = h[s : s + chunk].to(mm.dtype), pos_codes[s : s + chunk], neg_codes[s : s + chunk]
             lq = None if log_q is None else log_q[s : s + chunk]
+            codes = torch.cat([pc.unsqueeze(1), nc], dim=1)  # [c, 1+K], the positive first
             if dense:  # [c, I] scores of every item, then the candidates' columns
-                codes = torch.cat([pc.unsqueeze(1), nc], dim=1) - 1
-                raw = (hc @ catalog.T).gather(1, codes)
+                raw = (hc @ catalog.T).gather(1, codes - 1)
             else:  # [c, 1+K, d] candidate vectors
-                cand = torch.cat([cache[pc].unsqueeze(1), cache[nc]], dim=1)
+                cand = mm[codes]
                 raw = torch.bmm(cand, hc.unsqueeze(-1)).squeeze(-1)
             grad, loss = _softmax_grad(correct(raw, pc, nc, lq), torch.zeros_like(pc), n)
             total += loss  # the positive is column 0
-            if dense:  # candidate gradients summed per item (repeated negatives add up), then one matmul
+            if dense:  # candidate gradients summed per item (repeated negatives add up), then one matmul each
                 per_item = torch.zeros((len(hc), catalog.shape[0]), dtype=grad.dtype, device=h.device)
-                dh[s : s + chunk] = per_item.scatter_add_(1, codes, grad).to(cache.dtype) @ catalog
+                per_item = per_item.scatter_add_(1, codes - 1, grad).to(mm.dtype)
+                dh[s : s + chunk] = per_item @ catalog
+                if dtable is not None:
+                    dtable[1:] += per_item.T @ hc
             else:
-                dh[s : s + chunk] = torch.bmm(grad.to(cache.dtype).unsqueeze(1), cand).squeeze(1)
-        ctx.save_for_backward(dh)
+                g = grad.to(mm.dtype).unsqueeze(1)
+                dh[s : s + chunk] = torch.bmm(g, cand).squeeze(1)
+                if dtable is not None:  # [c, 1+K, d] candidate gradients, added into their rows
+                    dcand = torch.bmm(g.transpose(1, 2), hc.unsqueeze(1))
+                    dtable.index_add_(0, codes.reshape(-1), dcand.reshape(-1, dcand.shape[-1]).float())
+        ctx.save_for_backward(dh, dtable)
+        ctx.table_dtype = table.dtype
         return total / n
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        (dh,) = ctx.saved_tensors
-        return dh * grad_out, None, None, None, None, None, None, None
+        dh, dtable = ctx.saved_tensors
+        dt = None if dtable is None else (dtable * grad_out).to(ctx.table_dtype)
+        return dh * grad_out, dt, None, None, None, None, None, None
 
 
 def fused_sampled_cross_entropy(h: torch.Tensor, cache: torch.Tensor, pos_codes: torch.Tensor,
                                 neg_codes: torch.Tensor, log_q: torch.Tensor | None, correct: Callable,
                                 dense: bool | None = None, chunk: int | None = None) -> torch.Tensor:
-    """Mean sampled CE with candidates read from a frozen `cache` (row = item code), `chunk` targets at a time;
+    """Mean sampled CE with candidates read from `cache` (row = item code; a frozen embedder's cache or, with a
+    gradient, the item table), `chunk` targets at a time;
     `correct` is `negatives.correct_sampled_logits`. Two routes, same logits and gradients: gather each target's
     K+1 candidate vectors (memory-bound, N·K·d reads), or (`dense`) score the whole catalog with a matmul and take
     the candidates' columns (N·I·d FLOPs, far faster while the catalog is small). Default: dense when

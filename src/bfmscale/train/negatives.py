@@ -89,11 +89,12 @@ def correct_sampled_logits(raw: torch.Tensor, pos_codes: torch.Tensor, neg_codes
     return torch.cat([logits[:, :1], neg_logits], dim=1)
 
 
-def frozen_sampled_softmax_loss(h: torch.Tensor, cache: torch.Tensor, pos_codes: torch.Tensor,
-                                neg_codes: torch.Tensor, neg_log_q: torch.Tensor | None,
-                                temperature: float = 1.0) -> torch.Tensor:
-    """Mean sampled CE with a frozen embedder's candidate cache, fused so [N, K+1, d] is never materialized."""
-    return fused_sampled_cross_entropy(_scaled(h, temperature), cache, pos_codes, neg_codes, neg_log_q,
+def table_sampled_softmax_loss(h: torch.Tensor, table: torch.Tensor, pos_codes: torch.Tensor,
+                               neg_codes: torch.Tensor, neg_log_q: torch.Tensor | None,
+                               temperature: float = 1.0) -> torch.Tensor:
+    """Mean sampled CE with candidates read from an item table by code (a frozen cache, or trainable with its
+    gradient), fused so [N, K+1, d] is never materialized."""
+    return fused_sampled_cross_entropy(_scaled(h, temperature), table, pos_codes, neg_codes, neg_log_q,
                                        correct_sampled_logits)
 
 

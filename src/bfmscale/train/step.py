@@ -9,8 +9,8 @@ import torch
 
 from bfmscale.config import TrainConfig
 from bfmscale.model.bfm import BehaviorModel
-from bfmscale.train.negatives import (NegativeSampler, frozen_sampled_softmax_loss, full_softmax_loss, inbatch_loss,
-                                      sampled_softmax_loss)
+from bfmscale.train.negatives import (NegativeSampler, full_softmax_loss, inbatch_loss,
+                                      sampled_softmax_loss, table_sampled_softmax_loss)
 
 
 @dataclass
@@ -35,8 +35,8 @@ class Objective:
         elif self.cfg.objective == "sampled":
             neg_codes = self.sampler.sample(len(tgt), self.cfg.n_negatives, self.generator).to(items.device)
             log_q = self.sampler.log_q(neg_codes) if self.cfg.logq else None
-            if model.frozen:
-                loss = frozen_sampled_softmax_loss(hn, model.cache, tgt, neg_codes, log_q, temp)
+            if model.frozen or model.embedder.uses_table(neg_codes.numel()):
+                loss = table_sampled_softmax_loss(hn, model.item_table(), tgt, neg_codes, log_q, temp)
             else:
                 loss = sampled_softmax_loss(hn, pos, model.item_vectors(neg_codes), tgt, neg_codes, log_q, temp)
         else:
