@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from bfmscale.config import TrainConfig
 from bfmscale.model.bfm import BehaviorModel
@@ -24,19 +25,24 @@ class Objective:
 
     def loss(self, model: BehaviorModel, items: torch.Tensor, feats: torch.Tensor | None) -> tuple[torch.Tensor, int]:
         """Mean loss over the real targets of a right-padded [B, T+1] window batch, and their count."""
-        vecs = model.item_vectors(items)  # [B, T+1, d]: inputs and shifted positives from one embedder pass
+        # One embedder pass per step: the item table when lookups are served from it (frozen cache, ID weight, or the
+        # features' catalog route), shared by history, positives and candidates; else per-lookup vectors.
+        table = model.item_table() if model.frozen or model.embedder.uses_table(items.numel()) else None
+        vecs = model.item_vectors(items) if table is None else F.embedding(items, table, padding_idx=0)  # [B, T+1, d]
         h = model.context(vecs[:, :-1], feats[:, :-1] if feats is not None else None)
         mask = items[:, 1:] != 0
         tgt = items[:, 1:][mask]
         hn, pos = h[mask], vecs[:, 1:][mask]
         temp = model.cfg.temperature
         if self.cfg.objective == "full":
-            loss = full_softmax_loss(hn, model.catalog_vectors(), tgt, temp)
+            loss = full_softmax_loss(hn, model.catalog_vectors() if table is None else table[1:], tgt, temp)
         elif self.cfg.objective == "sampled":
             neg_codes = self.sampler.sample(len(tgt), self.cfg.n_negatives, self.generator).to(items.device)
             log_q = self.sampler.log_q(neg_codes) if self.cfg.logq else None
-            if model.frozen or model.embedder.uses_table(neg_codes.numel()):
-                loss = table_sampled_softmax_loss(hn, model.item_table(), tgt, neg_codes, log_q, temp)
+            if table is None and model.embedder.uses_table(neg_codes.numel()):
+                table = model.item_table()
+            if table is not None:
+                loss = table_sampled_softmax_loss(hn, table, tgt, neg_codes, log_q, temp)
             else:
                 loss = sampled_softmax_loss(hn, pos, model.item_vectors(neg_codes), tgt, neg_codes, log_q, temp)
         else:
