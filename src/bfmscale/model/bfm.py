@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bfmscale.config import ModelConfig
@@ -35,13 +36,19 @@ class BehaviorModel(nn.Module):
         self.cache = torch.cat([torch.zeros_like(table[:1]), table]).detach()
         self.embedder.train(was_training)
 
-    def item_vectors(self, codes: torch.Tensor) -> torch.Tensor:
-        """Candidate/item vectors for codes of any shape."""
-        return self.cache[codes] if self.cache is not None else self.embedder.items(codes)
+    def item_vectors(self, codes: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """Candidate/item vectors for codes of any shape: read from `table` (one a training step shares), from the
+        table `item_table` picks for this many lookups, or embedded per lookup."""
+        table = table if table is not None else self.item_table(codes.numel())
+        # Row 0 is read like any row (padding positions never reach the loss), as per-lookup embedding would.
+        return F.embedding(codes, table) if table is not None else self.embedder.items(codes)
 
-    def item_table(self) -> torch.Tensor:
-        """[I + 1, d] vectors by item code (row 0 padding): the frozen cache, or the embedder's table with gradients."""
-        return self.cache if self.cache is not None else self.embedder.table()
+    def item_table(self, n_lookups: int | None = None) -> torch.Tensor | None:
+        """[I + 1, d] vectors by item code (row 0 padding): the frozen cache, or the embedder's table with gradients;
+        None where `n_lookups` vectors are cheaper embedded one by one (`EventEmbedder.uses_table`)."""
+        if self.cache is not None:
+            return self.cache
+        return self.embedder.table() if n_lookups is None or self.embedder.uses_table(n_lookups) else None
 
     def catalog_vectors(self) -> torch.Tensor:
         """Vectors of items 1..I -> [I, d]."""

@@ -63,11 +63,9 @@ class EventEmbedder(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def items(self, codes: torch.Tensor) -> torch.Tensor:
-        """Item vectors for codes of any shape [...] -> [..., d_model]."""
+        """Item vectors for codes of any shape [...] -> [..., d_model], one embedding per lookup."""
         if self.mode == "id":
             return self.item(codes)
-        if self.uses_table(codes.numel()):
-            return nn.functional.embedding(codes, self.table())
         return self._embed(codes.reshape(-1)).reshape(*codes.shape, -1)
 
     def uses_table(self, n_lookups: int) -> bool:

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from bfmscale.config import TrainConfig
 from bfmscale.model.bfm import BehaviorModel
@@ -27,8 +26,8 @@ class Objective:
         """Mean loss over the real targets of a right-padded [B, T+1] window batch, and their count."""
         # One embedder pass per step: the item table when lookups are served from it (frozen cache, ID weight, or the
         # features' catalog route), shared by history, positives and candidates; else per-lookup vectors.
-        table = model.item_table() if model.frozen or model.embedder.uses_table(items.numel()) else None
-        vecs = model.item_vectors(items) if table is None else F.embedding(items, table, padding_idx=0)  # [B, T+1, d]
+        table = model.item_table(items.numel())
+        vecs = model.item_vectors(items, table)  # [B, T+1, d]
         h = model.context(vecs[:, :-1], feats[:, :-1] if feats is not None else None)
         mask = items[:, 1:] != 0
         tgt = items[:, 1:][mask]
@@ -39,8 +38,7 @@ class Objective:
         elif self.cfg.objective == "sampled":
             neg_codes = self.sampler.sample(len(tgt), self.cfg.n_negatives, self.generator).to(items.device)
             log_q = self.sampler.log_q(neg_codes) if self.cfg.logq else None
-            if table is None and model.embedder.uses_table(neg_codes.numel()):
-                table = model.item_table()
+            table = table if table is not None else model.item_table(neg_codes.numel())
             if table is not None:
                 loss = table_sampled_softmax_loss(hn, table, tgt, neg_codes, log_q, temp)
             else:
