@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bfmscale.config import ModelConfig
+from bfmscale.model.dropout import Dropout
 
 
 class Block(nn.Module):
@@ -26,7 +27,7 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(d_model)
         self.fc1 = nn.Linear(d_model, d_ff)
         self.fc2 = nn.Linear(d_ff, d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
@@ -51,7 +52,7 @@ class Contextualizer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.n_heads, cfg.d_ff, p) for p in layer_dropouts(cfg))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         nn.init.normal_(self.pos.weight, std=0.02)
