@@ -9,7 +9,7 @@ from bfmscale.config import ModelConfig
 from bfmscale.model import embedder as embedder_mod
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog, hash_tokens
-from bfmscale.model.transformer import layer_dropouts
+from bfmscale.model.transformer import causal_attention, layer_dropouts
 from synthetic import make_prepared
 
 
@@ -122,3 +122,16 @@ def test_item_table_rows_are_item_vectors(ds, embedder):
     codes = torch.tensor([1, 5, 30])
     torch.testing.assert_close(model.item_table()[codes], model.item_vectors(codes))
     assert model.item_table().shape[0] == 31 and model.item_table().requires_grad
+
+
+def test_cpu_bf16_attention_runs_in_fp32():
+    """Under CPU bf16 autocast, attention computes in fp32 on the bf16 inputs (autocast would run it in bf16)."""
+    q, k, v = (torch.randn(2, 2, 7, 8).bfloat16().requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = causal_attention(q, k, v)
+        plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert out.dtype == torch.float32 and plain.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    out.sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.bfloat16

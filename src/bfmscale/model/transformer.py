@@ -15,6 +15,15 @@ from bfmscale.config import ModelConfig
 from bfmscale.model.dropout import Dropout
 
 
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal SDPA over [B, heads, T, d_head]. On CPU, bf16 inputs run it in fp32: torch's CPU flash-attention
+    backward is slower in bf16 than in fp32 (profile, d=128, T=200: 2.7x); bf16 steps 1.16-1.29x at T=50, ~1x at 200."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
 class Block(nn.Module):
     """LayerNorm -> causal self-attention -> residual; LayerNorm -> GELU MLP -> residual."""
 
@@ -33,7 +42,7 @@ class Block(nn.Module):
         b, t, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
         q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = causal_attention(q, k, v)
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
         return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
 
