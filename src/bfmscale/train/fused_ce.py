@@ -47,14 +47,15 @@ class _FusedLinearCE(torch.autograd.Function):
         dh = torch.empty_like(h) if need_h else None
         de = torch.zeros(catalog.shape, dtype=torch.float32, device=catalog.device) if need_e else None
         total = torch.zeros((), dtype=torch.float32, device=h.device)
-        grad_dtype = _matmul_dtype(h)
+        mm_dtype = _matmul_dtype(h)
+        hm, cat = h.to(mm_dtype), catalog.to(mm_dtype)  # cast once, not once per chunk and matmul under autocast
         for s in range(0, n, chunk):
-            hc, yc = h[s : s + chunk], targets[s : s + chunk]
-            grad, loss = _softmax_grad(hc @ catalog.T, yc, n)
+            hc, yc = hm[s : s + chunk], targets[s : s + chunk]
+            grad, loss = _softmax_grad(hc @ cat.T, yc, n)
             total += loss
-            grad = grad.to(grad_dtype)  # once, not once per matmul under autocast
+            grad = grad.to(mm_dtype)  # once, not once per matmul
             if need_h:
-                dh[s : s + chunk] = grad @ catalog
+                dh[s : s + chunk] = grad @ cat
             if need_e:
                 de += (grad.T @ hc).float()
         ctx.save_for_backward(dh if need_h else torch.empty(0), de if need_e else torch.empty(0))
