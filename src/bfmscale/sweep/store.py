@@ -22,7 +22,7 @@ from bfmscale.atomic import atomic_path, write_json
 from bfmscale.config import RunConfig
 
 # Bump whenever training or evaluation semantics change, so that stale results are never mixed with new ones.
-RUN_FORMAT = 1
+RUN_FORMAT = 2  # 2: CPU dropout masks from raw random bits, fp32 attention under CPU bf16 autocast
 
 STATES = ("pending", "running", "done", "failed")
 
