@@ -32,8 +32,8 @@ class BehaviorModel(nn.Module):
         self.embedder.requires_grad_(False)
         was_training = self.embedder.training
         self.embedder.eval()
-        table = self.embedder.catalog()
-        self.cache = torch.cat([torch.zeros_like(table[:1]), table]).detach()
+        self.cache = self.embedder.table().detach().clone()
+        self.cache[0] = 0.0  # padding
         self.embedder.train(was_training)
 
     def item_vectors(self, codes: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
@@ -52,7 +52,7 @@ class BehaviorModel(nn.Module):
 
     def catalog_vectors(self) -> torch.Tensor:
         """Vectors of items 1..I -> [I, d]."""
-        return self.cache[1:] if self.cache is not None else self.embedder.catalog()
+        return self.item_table()[1:]
 
     def context(self, item_vecs: torch.Tensor, event_features: torch.Tensor | None = None) -> torch.Tensor:
         """History item vectors [B, T, d] (+ event features) -> context vectors [B, T, d]."""

@@ -26,6 +26,7 @@ class EventEmbedder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.mode = cfg.embedder
+        self.n_items = catalog.n_items  # real items I (codes 1..I)
         n = catalog.n_items + 1
         d = cfg.d_model
         self.event_proj = nn.Linear(n_event_features, d) if (n_event_features and cfg.use_event_features) else None
@@ -70,13 +71,13 @@ class EventEmbedder(nn.Module):
 
     def uses_table(self, n_lookups: int) -> bool:
         """Whether `n_lookups` item vectors are read from `table()`: always for IDs, by the catalog route for features."""
-        return self.mode == "id" or n_lookups > CATALOG_ROUTE_RATIO * self.numeric.shape[0]
+        return self.mode == "id" or n_lookups > CATALOG_ROUTE_RATIO * (self.n_items + 1)
 
     def table(self) -> torch.Tensor:
         """Every item's vector by code, row 0 the padding -> [I + 1, d_model]."""
         if self.mode == "id":
             return self.item.weight
-        return self._embed(torch.arange(self.numeric.shape[0], device=self.numeric.device))
+        return self._embed(torch.arange(self.n_items + 1, device=self.numeric.device))
 
     def _embed(self, flat: torch.Tensor) -> torch.Tensor:
         """Run the feature tables and the MLP for 1-D item codes -> [n, d_model]."""
@@ -93,12 +94,6 @@ class EventEmbedder(nn.Module):
         if self.numeric.shape[1]:
             parts.append(self.numeric[flat])
         return self.mlp(torch.cat(parts, dim=-1))
-
-    def catalog(self) -> torch.Tensor:
-        """Vectors of every real item (codes 1..I) -> [I, d_model]."""
-        if self.mode == "id":
-            return self.item.weight[1:]
-        return self._embed(torch.arange(1, self.numeric.shape[0], device=self.numeric.device))
 
     def events(self, item_vecs: torch.Tensor, event_features: torch.Tensor | None) -> torch.Tensor:
         """History-event vectors: item vector plus a projection of the event's own features (if enabled)."""
