@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bfmscale.config import ModelConfig
+from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.model import embedder as embedder_mod
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog, hash_tokens
 from bfmscale.model.transformer import causal_attention, layer_dropouts
+from bfmscale.train.negatives import NegativeSampler
+from bfmscale.train.step import Objective
 from synthetic import make_prepared
 
 
@@ -135,3 +137,21 @@ def test_cpu_bf16_attention_runs_in_fp32():
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     out.sum().backward()
     assert q.grad is not None and q.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("objective", ["full", "sampled"])
+def test_feature_step_embeds_items_once(ds, objective, monkeypatch):
+    """A window shorter than the catalog still takes one embedder pass when its candidates need the whole table
+    (the full softmax's catalog, or K negatives per target): the history is read from that table, not embedded apart."""
+    mc = ModelConfig(embedder="features", d_model=16, n_heads=2, max_len=20, dropout=0.0)
+    catalog = build_catalog(ds, mc.text_buckets)
+    model = BehaviorModel(mc, catalog)
+    calls = []
+    embed = model.embedder._embed
+    monkeypatch.setattr(model.embedder, "_embed", lambda flat: calls.append(len(flat)) or embed(flat))
+    items = torch.tensor([[1, 4, 9, 2, 7, 0]])  # 6 lookups < 31 table rows
+    tc = TrainConfig(objective=objective, n_negatives=8)
+    obj = Objective(tc, NegativeSampler("uniform", catalog.n_items), torch.Generator().manual_seed(0))
+    loss, _ = obj.loss(model, items, None)
+    loss.backward()
+    assert calls == [catalog.n_items + 1]

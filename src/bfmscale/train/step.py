@@ -24,9 +24,9 @@ class Objective:
 
     def loss(self, model: BehaviorModel, items: torch.Tensor, feats: torch.Tensor | None) -> tuple[torch.Tensor, int]:
         """Mean loss over the real targets of a right-padded [B, T+1] window batch, and their count."""
-        # One embedder pass per step: the item table when lookups are served from it (frozen cache, ID weight, or the
-        # features' catalog route), shared by history, positives and candidates; else per-lookup vectors.
-        table = model.item_table(items.numel())
+        # One embedder pass per step: the item table when the step's lookups are served from it (frozen cache, ID
+        # weight, or the features' catalog route), shared by history, positives and candidates; else per lookup.
+        table = model.item_table(self.lookups(model, items))
         vecs = model.item_vectors(items, table)  # [B, T+1, d]
         h = model.context(vecs[:, :-1], feats[:, :-1] if feats is not None else None)
         mask = items[:, 1:] != 0
@@ -38,7 +38,6 @@ class Objective:
         elif self.cfg.objective == "sampled":
             neg_codes = self.sampler.sample(len(tgt), self.cfg.n_negatives, self.generator).to(items.device)
             log_q = self.sampler.log_q(neg_codes) if self.cfg.logq else None
-            table = table if table is not None else model.item_table(neg_codes.numel())
             if table is not None:
                 loss = table_sampled_softmax_loss(hn, table, tgt, neg_codes, log_q, temp)
             else:
@@ -47,6 +46,12 @@ class Objective:
             log_q = self.sampler.on("log_probs", items.device) if self.cfg.logq else None
             loss = inbatch_loss(hn, pos, tgt, log_q, temp)
         return loss, int(tgt.numel())
+
+    def lookups(self, model: BehaviorModel, items: torch.Tensor) -> int:
+        """Item vectors a step reads: the window's items plus the candidates (the catalog, K per target at most, or
+        none for in-batch)."""
+        candidates = {"full": model.embedder.n_items, "sampled": items.numel() * self.cfg.n_negatives}
+        return items.numel() + candidates.get(self.cfg.objective, 0)
 
     def eval_loss(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
         """The per-row training objective for evaluation, or None for the full softmax, whose per-row loss is the
