@@ -204,3 +204,21 @@ def test_sampled_objective_through_the_table_equals_per_candidate_vectors(tmp_pa
     for name, p in model.named_parameters():
         if p.grad is not None:
             torch.testing.assert_close(routed[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_confidently_wrong_targets_exact_then_saturating():
+    """CE read as -log p[target] stays exact for tiny p (a 60-nat loss) and saturates at -log(fp32 tiny) only
+    where p underflows (a 200-nat loss); the gradients are exact in both cases."""
+    logits = torch.zeros(2, 5)
+    logits[0, 1], logits[1, 1] = 60.0, 200.0  # target 0 of each row is that far below the top logit
+    e = torch.eye(5, requires_grad=True)
+    h = logits.clone().requires_grad_()
+    y = torch.zeros(2, dtype=torch.long)
+    out = fused_linear_cross_entropy(h, e, y)
+    out.backward()
+    per_target = F.cross_entropy(logits, y, reduction="none")
+    tiny_cap = -torch.log(torch.tensor(torch.finfo(torch.float32).tiny))
+    torch.testing.assert_close(out, (per_target[0] + tiny_cap) / 2, rtol=1e-6, atol=1e-6)
+    hr = logits.clone().requires_grad_()
+    F.cross_entropy(hr, y).backward()
+    torch.testing.assert_close(h.grad, hr.grad, rtol=1e-6, atol=1e-7)

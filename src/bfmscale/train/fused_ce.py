@@ -1,9 +1,9 @@
 """Fused cross-entropies, computed chunk by chunk over target rows with the gradients formed in the forward.
 
 Catalog: loss = CE(h @ E.T, y).
-The [N, I] logits are never materialized whole: for each chunk the forward computes logits, log-sum-exp and the loss,
-and also the gradient of the mean loss w.r.t. the logits (softmax - onehot) / N, from which it forms dh and dE at
-once; backward only scales them. Same three matmuls as plain autograd (2·N·I·d each; dE is skipped when E needs no
+The [N, I] logits are never materialized whole: for each chunk the forward computes logits, their softmax and the loss,
+and also the gradient of the summed loss w.r.t. the logits (softmax - onehot), from which it forms dh and dE at
+once; backward only scales them (by 1/N and the incoming gradient). Same three matmuls as plain autograd (2·N·I·d each; dE is skipped when E needs no
 gradient), so the FLOP accounting is unchanged; less memory traffic and peak memory O(chunk·I).
 
 Sampled: CE of the positive against K per-target negatives read by code from an item table (a frozen embedder's
@@ -25,17 +25,16 @@ def _matmul_dtype(h: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
 
 
-def _softmax_grad(logits: torch.Tensor, targets: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax(logits) - onehot(targets)) / n in fp32 and the summed CE, from one max, one exp and one sum pass
-    over the logits (reused in place)."""
-    m = logits.amax(dim=1, keepdim=True).float()
-    z = logits.float().sub_(m)  # logits - max in fp32, in place (.float() is a no-op on fp32 logits)
-    z_target = z.gather(1, targets.unsqueeze(1)).squeeze(1)
-    e = z.exp_()
-    s = e.sum(dim=1)
-    loss = (s.log() - z_target).sum()  # lse - logit[target] = log(sum exp(z)) - z[target]
-    grad = e.mul_((1.0 / (s * n)).unsqueeze(1))
-    grad[torch.arange(len(targets), device=grad.device), targets] -= 1.0 / n
+def _softmax_grad(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(logits) - onehot(targets) in the logits' dtype, and the summed CE in fp32, from one fused softmax
+    (bf16 logits: accumulated in fp32 and rounded once, so the gradient is ready for the bf16 matmuls; the logits'
+    own bf16 rounding outweighs that of p). A target's CE is -log p[target]; it saturates at -log(fp32 tiny) =
+    87.3 nats where p underflows, and the gradient stays exact there."""
+    grad = torch.softmax(logits, dim=1)
+    rows = torch.arange(len(targets), device=grad.device)
+    p_target = grad[rows, targets].float()
+    loss = -p_target.clamp_min(torch.finfo(torch.float32).tiny).log().sum()
+    grad[rows, targets] = (p_target - 1.0).to(grad.dtype)
     return grad, loss
 
 
@@ -51,22 +50,22 @@ class _FusedLinearCE(torch.autograd.Function):
         hm, cat = h.to(mm_dtype), catalog.to(mm_dtype)  # cast once, not once per chunk and matmul under autocast
         for s in range(0, n, chunk):
             hc, yc = hm[s : s + chunk], targets[s : s + chunk]
-            grad, loss = _softmax_grad(hc @ cat.T, yc, n)
+            grad, loss = _softmax_grad(hc @ cat.T, yc)
             total += loss
-            grad = grad.to(mm_dtype)  # once, not once per matmul
             if need_h:
                 dh[s : s + chunk] = grad @ cat
             if need_e:
                 de += (grad.T @ hc).float()
         ctx.save_for_backward(dh if need_h else torch.empty(0), de if need_e else torch.empty(0))
-        ctx.flags = (need_h, need_e, catalog.dtype)
+        ctx.flags = (need_h, need_e, catalog.dtype, n)
         return total / n
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         dh, de = ctx.saved_tensors
-        need_h, need_e, e_dtype = ctx.flags
-        return (dh * grad_out if need_h else None, (de * grad_out).to(e_dtype) if need_e else None, None, None)
+        need_h, need_e, e_dtype, n = ctx.flags
+        scale = grad_out / n  # the gradients were formed for the summed loss; the output is its mean
+        return (dh * scale if need_h else None, (de * scale).to(e_dtype) if need_e else None, None, None)
 
 
 CHUNK_BYTES = 16 * 2**20  # fp32 logits per chunk: stays under glibc's mmap threshold (see bfmscale.malloc)
@@ -102,7 +101,7 @@ class _FusedSampledCE(torch.autograd.Function):
             else:  # [c, 1+K, d] candidate vectors
                 cand = mm[codes]
                 raw = torch.bmm(cand, hc.unsqueeze(-1)).squeeze(-1)
-            grad, loss = _softmax_grad(correct(raw, pc, nc, lq), torch.zeros_like(pc), n)
+            grad, loss = _softmax_grad(correct(raw, pc, nc, lq), torch.zeros_like(pc))
             total += loss  # the positive is column 0
             if dense:  # candidate gradients summed per item (repeated negatives add up), then one matmul each
                 per_item = torch.zeros((len(hc), catalog.shape[0]), dtype=grad.dtype, device=h.device)
@@ -117,14 +116,15 @@ class _FusedSampledCE(torch.autograd.Function):
                     dcand = torch.bmm(g.transpose(1, 2), hc.unsqueeze(1))
                     dtable.index_add_(0, codes.reshape(-1), dcand.reshape(-1, dcand.shape[-1]).float())
         ctx.save_for_backward(dh, dtable)
-        ctx.table_dtype = table.dtype
+        ctx.table_dtype, ctx.n = table.dtype, n
         return total / n
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         dh, dtable = ctx.saved_tensors
-        dt = None if dtable is None else (dtable * grad_out).to(ctx.table_dtype)
-        return dh * grad_out, dt, None, None, None, None, None, None
+        scale = grad_out / ctx.n  # as in _FusedLinearCE.backward
+        dt = None if dtable is None else (dtable * scale).to(ctx.table_dtype)
+        return dh * scale, dt, None, None, None, None, None, None
 
 
 def fused_sampled_cross_entropy(h: torch.Tensor, table: torch.Tensor, pos_codes: torch.Tensor,
