@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -222,3 +224,23 @@ def test_confidently_wrong_targets_exact_then_saturating():
     hr = logits.clone().requires_grad_()
     F.cross_entropy(hr, y).backward()
     torch.testing.assert_close(h.grad, hr.grad, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_uniform_log_q_is_one_value_equal_to_per_code(chunk):
+    """The uniform sampler's log q is one 0-dim value, -log I; chunked or not, the fused and plain sampled CEs give
+    what an explicit [N, K] log q gives."""
+    torch.manual_seed(0)
+    table, h = torch.randn(13, 8), torch.randn(30, 8)
+    pos = torch.randint(1, 13, (30,))
+    sampler = NegativeSampler("uniform", 12)
+    neg = sampler.sample(30, 6, torch.Generator().manual_seed(1))
+    neg[0, 0] = pos[0]  # an accidental hit
+    log_q = sampler.log_q(neg)
+    assert log_q.dim() == 0 and log_q.item() == pytest.approx(-math.log(12))
+    per_code = torch.full(neg.shape, -math.log(12))
+    ref = sampled_softmax_loss(h, table[pos], table[neg], pos, neg, per_code)
+    torch.testing.assert_close(sampled_softmax_loss(h, table[pos], table[neg], pos, neg, log_q), ref)
+    for dense in (False, True):
+        out = fused_sampled_cross_entropy(h, table, pos, neg, log_q, correct_sampled_logits, dense=dense, chunk=chunk)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)

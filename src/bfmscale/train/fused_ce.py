@@ -94,18 +94,19 @@ class _FusedSampledCE(torch.autograd.Function):
         catalog = mm[1:]
         for s in range(0, n, chunk):
             hc, pc, nc = h[s : s + chunk].to(mm.dtype), pos_codes[s : s + chunk], neg_codes[s : s + chunk]
-            lq = None if log_q is None else log_q[s : s + chunk]
+            lq = log_q if log_q is None or log_q.dim() == 0 else log_q[s : s + chunk]
             codes = torch.cat([pc.unsqueeze(1), nc], dim=1)  # [c, 1+K], the positive first
             if dense:  # [c, I] scores of every item, then the candidates' columns
-                raw = (hc @ catalog.T).gather(1, codes - 1)
+                cols = codes - 1  # once, for this gather and the scatter below
+                raw = (hc @ catalog.T).gather(1, cols)
             else:  # [c, 1+K, d] candidate vectors
                 cand = mm[codes]
                 raw = torch.bmm(cand, hc.unsqueeze(-1)).squeeze(-1)
             grad, loss = _softmax_grad(correct(raw, pc, nc, lq), torch.zeros_like(pc))
             total += loss  # the positive is column 0
             if dense:  # candidate gradients summed per item (repeated negatives add up), then one matmul each
-                per_item = torch.zeros((len(hc), catalog.shape[0]), dtype=grad.dtype, device=h.device)
-                per_item = per_item.scatter_add_(1, codes - 1, grad).to(mm.dtype)
+                per_item = torch.zeros((len(hc), catalog.shape[0]), dtype=mm.dtype, device=h.device)
+                per_item.scatter_add_(1, cols, grad.to(mm.dtype))  # [c, I] in the matmul dtype: no cast pass
                 dh[s : s + chunk] = per_item @ catalog
                 if dtable is not None:
                     dtable[1:] += per_item.T @ hc
