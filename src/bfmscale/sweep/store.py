@@ -22,7 +22,8 @@ from bfmscale.atomic import atomic_path, write_json
 from bfmscale.config import RunConfig
 
 # Bump whenever training or evaluation semantics change, so that stale results are never mixed with new ones.
-RUN_FORMAT = 2  # 2: CPU dropout masks from raw random bits, fp32 attention under CPU bf16 autocast
+RUN_FORMAT = 3  # 2: CPU dropout masks from raw random bits, fp32 attention under CPU bf16 autocast;
+# 3: fused CE softmax in the logits dtype (bf16 gradients rounded once), sampled per-item gradients summed in bf16
 
 STATES = ("pending", "running", "done", "failed")
 
