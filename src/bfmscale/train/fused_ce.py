@@ -1,10 +1,11 @@
 """Fused cross-entropies, computed chunk by chunk over target rows with the gradients formed in the forward.
 
 Catalog: loss = CE(h @ E.T, y).
-The [N, I] logits are never materialized whole: for each chunk the forward computes logits, their softmax and the loss,
-and also the gradient of the summed loss w.r.t. the logits (softmax - onehot), from which it forms dh and dE at
-once; backward only scales them (by 1/N and the incoming gradient). Same three matmuls as plain autograd (2·N·I·d each; dE is skipped when E needs no
-gradient), so the FLOP accounting is unchanged; less memory traffic and peak memory O(chunk·I).
+The [N, I] logits are never materialized whole: for each chunk the forward computes logits, their softmax and the
+loss, and also the gradient of the summed loss w.r.t. the logits (softmax - onehot), from which it forms dh and dE
+at once; backward only scales them (by 1/N and the incoming gradient). Same three matmuls as plain autograd
+(2·N·I·d each; dE is skipped when E needs no gradient), so the FLOP accounting is unchanged; less memory traffic and
+peak memory O(chunk·I).
 
 Sampled: CE of the positive against K per-target negatives read by code from an item table (a frozen embedder's
 cache, or the trainable ID weight / feature embedder's table). The [N, K+1, d] candidate tensor is never
