@@ -228,7 +228,7 @@ def test_confidently_wrong_targets_exact_then_saturating():
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
 def test_uniform_log_q_is_one_value_equal_to_per_code(chunk):
-    """The uniform sampler's log q is one 0-dim value, -log I; chunked or not, the fused and plain sampled CEs give
+    """The uniform sampler's log q is one value, -log I, expanded to the codes' shape (no gather); chunked or not, the fused and plain sampled CEs give
     what an explicit [N, K] log q gives."""
     torch.manual_seed(0)
     table, h = torch.randn(13, 8), torch.randn(30, 8)
@@ -237,7 +237,8 @@ def test_uniform_log_q_is_one_value_equal_to_per_code(chunk):
     neg = sampler.sample(30, 6, torch.Generator().manual_seed(1))
     neg[0, 0] = pos[0]  # an accidental hit
     log_q = sampler.log_q(neg)
-    assert log_q.dim() == 0 and log_q.item() == pytest.approx(-math.log(12))
+    assert log_q.shape == neg.shape and log_q.stride() == (0, 0)  # one stored value
+    assert log_q[0, 0].item() == pytest.approx(-math.log(12))
     per_code = torch.full(neg.shape, -math.log(12))
     ref = sampled_softmax_loss(h, table[pos], table[neg], pos, neg, per_code)
     torch.testing.assert_close(sampled_softmax_loss(h, table[pos], table[neg], pos, neg, log_q), ref)

@@ -95,7 +95,7 @@ class _FusedSampledCE(torch.autograd.Function):
         catalog = mm[1:]
         for s in range(0, n, chunk):
             hc, pc, nc = h[s : s + chunk].to(mm.dtype), pos_codes[s : s + chunk], neg_codes[s : s + chunk]
-            lq = log_q if log_q is None or log_q.dim() == 0 else log_q[s : s + chunk]
+            lq = None if log_q is None else log_q[s : s + chunk]
             codes = torch.cat([pc.unsqueeze(1), nc], dim=1)  # [c, 1+K], the positive first
             if dense:  # [c, I] scores of every item, then the candidates' columns
                 cols = codes - 1  # once, for this gather and the scatter below

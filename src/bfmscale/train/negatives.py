@@ -54,9 +54,9 @@ class NegativeSampler:
         return torch.multinomial(self.on("probs", dev), n * k, replacement=True, generator=generator).view(n, k) + 1
 
     def log_q(self, codes: torch.Tensor) -> torch.Tensor:
-        """log sampling probability of each code; uniform q: one 0-dim value for every code (no [N, K] gather)."""
+        """log sampling probability of each code, shaped like `codes`; uniform q: one value expanded (no gather)."""
         log_probs = self.on("log_probs", codes.device)
-        return log_probs[1] if self.kind == "uniform" else log_probs[codes]
+        return log_probs[1].expand(codes.shape) if self.kind == "uniform" else log_probs[codes]
 
 
 def full_softmax_loss(h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
@@ -80,8 +80,8 @@ def sampled_logits(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, pos_co
 
 def correct_sampled_logits(raw: torch.Tensor, pos_codes: torch.Tensor, neg_codes: torch.Tensor,
                            neg_log_q: torch.Tensor | None) -> torch.Tensor:
-    """fp32 [N, 1 + K] logits from raw dot products (positive first): logQ correction ([N, K] or 0-dim neg_log_q)
-    and accidental-hit mask, applied in place (on raw itself when it is fp32 already)."""
+    """fp32 [N, 1 + K] logits from raw dot products (positive first): logQ correction and accidental-hit
+    mask, applied in place (on raw itself when it is fp32 already)."""
     logits = raw.float()
     neg_logits = logits[:, 1:]
     if neg_log_q is not None:
