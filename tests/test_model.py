@@ -9,6 +9,7 @@ from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.model import embedder as embedder_mod
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog, hash_tokens
+from bfmscale.model import transformer
 from bfmscale.model.transformer import causal_attention, layer_dropouts
 from bfmscale.train.negatives import NegativeSampler
 from bfmscale.train.step import Objective
@@ -126,14 +127,46 @@ def test_item_table_rows_are_item_vectors(ds, embedder):
     assert model.item_table().shape[0] == 31 and model.item_table().requires_grad
 
 
-def test_cpu_bf16_attention_runs_in_fp32():
-    """Under CPU bf16 autocast, attention computes in fp32 on the bf16 inputs (autocast would run it in bf16)."""
-    q, k, v = (torch.randn(2, 2, 7, 8).bfloat16().requires_grad_() for _ in range(3))
+def _sdpa64(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention in fp64: the reference."""
+    return torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
+
+
+def test_cpu_bf16_attention_is_explicit_and_causal():
+    """Under CPU bf16 autocast and T <= EXPLICIT_ATTENTION_MAX_RATIO x d_head, attention is explicit bf16 math: as
+    close to fp64 as torch's own bf16 kernel, causal, with bf16 gradients that match fp64's."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 40, 2, 16).bfloat16().requires_grad_() for _ in range(3))
+    q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [B, heads, T, d_head] views, as the Block makes them
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = causal_attention(q, k, v)
-        plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    ref = _sdpa64(q, k, v)
+    fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).double()
+    assert out.dtype == torch.bfloat16
+    err, fused_err = ((out.double() - ref).norm() / ref.norm()).item(), ((fused - ref).norm() / ref.norm()).item()
+    assert err < 2 * fused_err < 2e-2  # bf16 rounding, not a wrong mask or scale (those give errors of order 1)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (q, k, v), g.bfloat16())
+    grads_ref = torch.autograd.grad(ref, (q, k, v), g)
+    for got, want in zip(grads, grads_ref):
+        assert got.dtype == torch.bfloat16
+        assert ((got.double() - want).norm() / want.norm()).item() < 2e-2
+    k2, v2 = k.detach().clone(), v.detach().clone()
+    k2[:, :, 25:], v2[:, :, 25:] = 100.0, -100.0  # the future of position 24
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out2 = causal_attention(q.detach(), k2, v2)
+    assert torch.equal(out2[:, :, :25], out.detach()[:, :, :25]) and not torch.equal(out2[:, :, 25:], out[:, :, 25:])
+
+
+def test_cpu_bf16_attention_beyond_max_ratio_is_fp32_flash():
+    """Past T = EXPLICIT_ATTENTION_MAX_RATIO x d_head (where [T, T] scores grow costly) CPU bf16 attention is fp32
+    flash on the bf16 inputs: exactly fp32 SDPA."""
+    t = transformer.EXPLICIT_ATTENTION_MAX_RATIO * 8 + 1
+    q, k, v = (torch.randn(2, 2, t, 8).bfloat16().requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = causal_attention(q, k, v)
     ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
-    assert out.dtype == torch.float32 and plain.dtype == torch.bfloat16
+    assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     out.sum().backward()
     assert q.grad is not None and q.grad.dtype == torch.bfloat16

@@ -15,13 +15,25 @@ from bfmscale.config import ModelConfig
 from bfmscale.model.dropout import Dropout
 
 
+EXPLICIT_ATTENTION_MAX_RATIO = 4  # CPU bf16: explicit attention while T <= this x d_head (measured faster there)
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal SDPA over [B, heads, T, d_head]. On CPU, bf16 inputs run it in fp32: torch's CPU flash-attention
-    backward is slower in bf16 than in fp32 (profile, d=128, T=200: 2.7x); bf16 steps 1.16-1.29x at T=50, ~1x at 200."""
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        with torch.autocast("cpu", enabled=False):
+    """Causal attention over [B, heads, T, d_head]: SDPA's fused kernel, except for bf16 on CPU. There torch's
+    flash kernel is 2-4x slower in bf16 than in fp32; fp32 flash on the bf16 inputs is what runs, unless
+    T <= 4 d_head, where explicit bf16 attention (scaled, masked QK^T in one baddbmm, softmax, PV) is faster: its
+    [T, T] scores stay small next to the matmuls (bench/logs/2026-11-26-xeon-amx-ab-explicit-attention.log).
+    Its scores are rounded to bf16 like any autocast matmul output; the softmax accumulates in fp32."""
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    b, h, t, dh = q.shape
+    with torch.autocast("cpu", enabled=False):
+        if t > EXPLICIT_ATTENTION_MAX_RATIO * dh:
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        future = torch.full((t, t), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+        q3, k3, v3 = (z.reshape(b * h, t, dh) for z in (q, k, v))
+        scores = torch.baddbmm(future.expand(b * h, t, t), q3, k3.transpose(1, 2), alpha=dh**-0.5)
+        return torch.bmm(torch.softmax(scores, dim=-1), v3).view(b, h, t, dh)
 
 
 class Block(nn.Module):

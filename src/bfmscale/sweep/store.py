@@ -22,8 +22,9 @@ from bfmscale.atomic import atomic_path, write_json
 from bfmscale.config import RunConfig
 
 # Bump whenever training or evaluation semantics change, so that stale results are never mixed with new ones.
-RUN_FORMAT = 3  # 2: CPU dropout masks from raw random bits, fp32 attention under CPU bf16 autocast;
-# 3: fused CE softmax in the logits dtype (bf16 gradients rounded once), sampled per-item gradients summed in bf16
+RUN_FORMAT = 4  # 2: CPU dropout masks from raw random bits, fp32 attention under CPU bf16 autocast;
+# 3: fused CE softmax in the logits dtype (bf16 gradients rounded once), sampled per-item gradients summed in bf16;
+# 4: explicit bf16 attention under CPU bf16 autocast while T <= 4 d_head
 
 STATES = ("pending", "running", "done", "failed")
 
