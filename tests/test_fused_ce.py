@@ -168,7 +168,8 @@ def test_frozen_sampled_default_route_follows_catalog_size(monkeypatch):
 @pytest.mark.parametrize("embedder", ["id", "features"])
 def test_sampled_objective_through_the_table_equals_per_candidate_vectors(tmp_path, embedder, monkeypatch):
     """The training objective's sampled loss read from the item table (ID always; features by the catalog route)
-    gives the per-candidate path's loss and the same gradient for every parameter."""
+    gives the per-candidate path's loss and the same gradient for every parameter (real targets of padded windows
+    taken by boolean mask here, by index in the step)."""
     import numpy as np
 
     from bfmscale.config import ModelConfig, TrainConfig
@@ -188,6 +189,7 @@ def test_sampled_objective_through_the_table_equals_per_candidate_vectors(tmp_pa
     model = BehaviorModel(mc, catalog, n_ev)
     win = train_windows(seqs, mc.max_len)
     items, feats = gather(seqs, win.subset(np.arange(6)))
+    assert (items[:, 1:] == 0).any()  # padded windows: the step's target rows must match the boolean-mask reference
     sampler = NegativeSampler("popularity", catalog.n_items, catalog.popularity)
     loss, _ = Objective(tc, sampler, torch.Generator().manual_seed(3)).loss(model, items, feats)
     loss.backward()

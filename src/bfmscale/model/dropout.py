@@ -3,7 +3,9 @@
 On CPU, `bernoulli_` draws one random number per element through a slow per-element path (measured ≈ 11 ns per
 element, ≈ 14% of a d=128 bf16 training step). Here one 64-bit draw yields four 16-bit uniforms, each compared with
 a threshold: the keep probability is rounded to a multiple of 2**-16 (≤ 8e-6 off), the scale is exactly 1 / (1 - p).
-Elsewhere (CUDA's fused dropout is fast) and for p ≥ 1 it is `F.dropout`. Uses the default generator, like nn.Dropout.
+The mask is applied as a multiply by 0 / 1 (fwd + bwd 1.2-1.4x faster than `masked_fill`, whose CPU kernel is
+scalar), then the exact scale. Elsewhere (CUDA's fused dropout is fast) and for p ≥ 1 it is `F.dropout`. Uses the
+default generator, like nn.Dropout.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, training=True)
-    return x.masked_fill(drop_mask(x.shape, p), 0.0).mul_(1.0 / (1.0 - p))
+    keep = (~drop_mask(x.shape, p)).to(x.dtype)  # 0 / 1: a multiply, unlike CPU masked_fill, is vectorized
+    return (x * keep).mul_(1.0 / (1.0 - p))
 
 
 class Dropout(nn.Module):

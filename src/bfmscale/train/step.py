@@ -29,9 +29,11 @@ class Objective:
         table = model.item_table(self.lookups(model, items))
         vecs = model.item_vectors(items, table)  # [B, T+1, d]
         h = model.context(vecs[:, :-1], feats[:, :-1] if feats is not None else None)
-        mask = items[:, 1:] != 0
-        tgt = items[:, 1:][mask]
-        hn, pos = h[mask], vecs[:, 1:][mask]
+        b, t = (items[:, 1:] != 0).nonzero(as_tuple=True)  # the real targets, in row-major order
+        tgt = items[b, t + 1]
+        # Rows by index_select, not boolean masks: its backward is a row-wise index_add_ (CPU: 3-5x faster fwd + bwd)
+        hn = h.flatten(0, 1).index_select(0, b * h.shape[1] + t)
+        pos = vecs.flatten(0, 1).index_select(0, b * vecs.shape[1] + t + 1)
         temp = model.cfg.temperature
         if self.cfg.objective == "full":
             loss = full_softmax_loss(hn, model.catalog_vectors() if table is None else table[1:], tgt, temp)
