@@ -1,4 +1,5 @@
-"""Contextualizer: pre-norm decoder-only transformer with learned positions and SDPA causal attention.
+"""Contextualizer: pre-norm decoder-only transformer with learned positions and causal attention (SDPA; explicit
+bf16 math on CPU for short windows, see `causal_attention`).
 
 Sequences are right-padded, so with causal attention a real position never attends to padding: a user's outputs do
 not depend on batch composition or padding length. Attention has no dropout (SDPA stays on its fused kernel and the
