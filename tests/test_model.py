@@ -7,9 +7,9 @@ import torch
 
 from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.model import embedder as embedder_mod
+from bfmscale.model import transformer
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog, hash_tokens
-from bfmscale.model import transformer
 from bfmscale.model.transformer import causal_attention, layer_dropouts
 from bfmscale.train.negatives import NegativeSampler
 from bfmscale.train.step import Objective

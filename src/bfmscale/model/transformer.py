@@ -20,11 +20,11 @@ EXPLICIT_ATTENTION_MAX_RATIO = 4  # CPU bf16: explicit attention while T <= this
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal attention over [B, heads, T, d_head]: SDPA's fused kernel, except for bf16 on CPU. There torch's
-    flash kernel is 2-4x slower in bf16 than in fp32; fp32 flash on the bf16 inputs is what runs, unless
-    T <= 4 d_head, where explicit bf16 attention (scaled, masked QK^T in one baddbmm, softmax, PV) is faster: its
-    [T, T] scores stay small next to the matmuls (bench/logs/2026-11-26-xeon-amx-ab-explicit-attention.log).
-    Its scores are rounded to bf16 like any autocast matmul output; the softmax accumulates in fp32."""
+    """Causal attention over [B, heads, T, d_head]: SDPA's fused kernel, except for bf16 on CPU. There torch's flash
+    kernel is slower in bf16 than in fp32 (1.2x at T=200, 2-4x at T=50), so fp32 flash runs on the bf16 inputs,
+    unless T <= 4 d_head: then explicit bf16 attention (scaled, masked QK^T in one baddbmm, softmax, PV) is faster,
+    its [T, T] scores small next to the matmuls (bench/logs/2026-11-26-xeon-amx-ab-explicit-attention.log). Its
+    scores are rounded to bf16 like any autocast matmul output; the softmax accumulates in fp32."""
     if q.device.type != "cpu" or q.dtype != torch.bfloat16:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     b, h, t, dh = q.shape
