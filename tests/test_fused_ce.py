@@ -230,8 +230,8 @@ def test_confidently_wrong_targets_exact_then_saturating():
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
 def test_uniform_log_q_is_one_value_equal_to_per_code(chunk):
-    """The uniform sampler's log q is one value, -log I, expanded to the codes' shape (no gather); chunked or not, the fused and plain sampled CEs give
-    what an explicit [N, K] log q gives."""
+    """The uniform sampler's log q is one value, -log I, expanded to the codes' shape (no gather); chunked or not,
+    the fused and plain sampled CEs give what an explicit [N, K] log q gives."""
     torch.manual_seed(0)
     table, h = torch.randn(13, 8), torch.randn(30, 8)
     pos = torch.randint(1, 13, (30,))

@@ -127,11 +127,6 @@ def test_item_table_rows_are_item_vectors(ds, embedder):
     assert model.item_table().shape[0] == 31 and model.item_table().requires_grad
 
 
-def _sdpa64(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal attention in fp64: the reference."""
-    return torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
-
-
 def test_cpu_bf16_attention_is_explicit_and_causal():
     """Under CPU bf16 autocast and T <= EXPLICIT_ATTENTION_MAX_RATIO x d_head, attention is explicit bf16 math: as
     close to fp64 as torch's own bf16 kernel, causal, with bf16 gradients that match fp64's."""
@@ -140,7 +135,7 @@ def test_cpu_bf16_attention_is_explicit_and_causal():
     q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [B, heads, T, d_head] views, as the Block makes them
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = causal_attention(q, k, v)
-    ref = _sdpa64(q, k, v)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
     fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).double()
     assert out.dtype == torch.bfloat16
     err, fused_err = ((out.double() - ref).norm() / ref.norm()).item(), ((fused - ref).norm() / ref.norm()).item()
