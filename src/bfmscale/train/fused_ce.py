@@ -92,25 +92,31 @@ class _FusedSampledCE(torch.autograd.Function):
         dtable = torch.zeros(table.shape, dtype=torch.float32, device=h.device) if ctx.needs_input_grad[1] else None
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         mm = table.to(_matmul_dtype(h))  # once: gathers move half the bytes under bf16 autocast
-        catalog = mm[1:]
+        rows = torch.arange(min(chunk, n), device=h.device)
         for s in range(0, n, chunk):
             hc, pc, nc = h[s : s + chunk].to(mm.dtype), pos_codes[s : s + chunk], neg_codes[s : s + chunk]
             lq = None if log_q is None else log_q[s : s + chunk]
-            codes = torch.cat([pc.unsqueeze(1), nc], dim=1)  # [c, 1+K], the positive first
-            if dense:  # [c, I] scores of every item, then the candidates' columns
-                cols = codes - 1  # once, for this gather and the scatter below
-                raw = (hc @ catalog.T).gather(1, cols)
+            r = rows[: len(hc)]
+            if dense:  # [c, I+1] scores of every row of the table (column = code), then the candidates' columns
+                scores = hc @ mm.T
+                raw = torch.empty((len(hc), nc.shape[1] + 1), dtype=scores.dtype, device=h.device)
+                raw[:, 0] = scores[r, pc]  # the positive first
+                torch.gather(scores, 1, nc, out=raw[:, 1:])
+                del scores  # freed before the [c, I+1] gradient buffer: malloc hands that the same, cache-warm block
             else:  # [c, 1+K, d] candidate vectors
+                codes = torch.cat([pc.unsqueeze(1), nc], dim=1)  # [c, 1+K], the positive first
                 cand = mm[codes]
                 raw = torch.bmm(cand, hc.unsqueeze(-1)).squeeze(-1)
             grad, loss = _softmax_grad(correct(raw, pc, nc, lq), torch.zeros_like(pc))
             total += loss  # the positive is column 0
-            if dense:  # candidate gradients summed per item (repeated negatives add up), then one matmul each
-                per_item = torch.zeros((len(hc), catalog.shape[0]), dtype=mm.dtype, device=h.device)
-                per_item.scatter_add_(1, cols, grad.to(mm.dtype))  # [c, I] in the matmul dtype: no cast pass
-                dh[s : s + chunk] = per_item @ catalog
-                if dtable is not None:
-                    dtable[1:] += per_item.T @ hc
+            if dense:  # candidate gradients summed per code in fp32 (repeated negatives add up), cast once
+                per_code = torch.zeros((len(hc), mm.shape[0]), dtype=torch.float32, device=h.device)
+                per_code.scatter_add_(1, nc, grad[:, 1:])
+                per_code.index_put_((r, pc), grad[:, 0], accumulate=True)
+                per_code = per_code.to(mm.dtype)
+                dh[s : s + chunk] = per_code @ mm
+                if dtable is not None:  # column 0 (padding) is no candidate: its row gets exact zeros
+                    dtable += per_code.T @ hc
             else:
                 g = grad.to(mm.dtype).unsqueeze(1)
                 dh[s : s + chunk] = torch.bmm(g, cand).squeeze(1)
@@ -141,6 +147,6 @@ def fused_sampled_cross_entropy(h: torch.Tensor, table: torch.Tensor, pos_codes:
     The FLOP accounting counts the objective's K+1 candidates either way (model FLOPs, not hardware FLOPs)."""
     n_items, k1 = table.shape[0] - 1, neg_codes.shape[1] + 1
     dense = n_items <= DENSE_MAX_RATIO * k1 if dense is None else dense
-    row_bytes = 4 * n_items if dense else table.element_size() * table.shape[1] * k1
+    row_bytes = 4 * (n_items + 1) if dense else table.element_size() * table.shape[1] * k1
     chunk = chunk or max(1, CHUNK_BYTES // row_bytes)
     return _FusedSampledCE.apply(h, table, pos_codes, neg_codes, log_q, correct, dense, chunk)
