@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bfmscale.train.negatives import (HIT_MASK, NegativeSampler, full_softmax_loss, inbatch_logits, sampled_logits,
+from bfmscale.train import negatives
+from bfmscale.train.negatives import (DRAW_BLOCKS, HIT_MASK, NegativeSampler, full_softmax_loss, inbatch_logits, sampled_logits,
                                       sampled_softmax_loss)
 
 
@@ -63,6 +64,47 @@ def test_samplers_distributions():
     draws = ps.sample(2000, 5, gen)
     assert (draws == 10).float().mean() > 0.95
     assert ps.log_q(torch.tensor([10])).exp().item() == pytest.approx(1000 / 1009, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "popularity"])
+def test_cpu_draw_is_the_same_on_any_number_of_threads(kind, monkeypatch):
+    """A CPU draw is DRAW_BLOCKS row blocks from generators seeded by the caller's: on two threads, on one, or
+    without a pool, the same codes; the blocks are not copies of one another, and the caller's generator moves on."""
+    sampler = NegativeSampler(kind, 50, torch.arange(51.0))
+    pools = []
+
+    class CountingPool(negatives.ThreadPoolExecutor):
+        def __init__(self, workers):
+            pools.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(negatives, "ThreadPoolExecutor", CountingPool)
+    monkeypatch.setattr(negatives, "PARALLEL_DRAW_MIN", 1)
+    draw = lambda: sampler.sample(40, 300, torch.Generator().manual_seed(5))  # noqa: E731
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = draw()
+        torch.set_num_threads(1)
+        one = draw()
+    finally:
+        torch.set_num_threads(threads)
+    assert pools == [2]  # the pool ran on two threads only
+    monkeypatch.setattr(negatives, "PARALLEL_DRAW_MIN", 2**62)
+    assert torch.equal(two, one) and torch.equal(two, draw())
+    assert two.min() >= 1 and two.max() <= 50
+    rows = 40 // DRAW_BLOCKS
+    assert not torch.equal(two[:rows], two[rows : 2 * rows])
+    gen = torch.Generator().manual_seed(5)
+    assert not torch.equal(sampler.sample(40, 300, gen), sampler.sample(40, 300, gen))
+
+
+def test_uniform_cpu_draw_is_uniform_in_every_block(monkeypatch):
+    """Each block's codes are uniform over 1..I: every item's frequency within 5 standard errors of 1/I."""
+    monkeypatch.setattr(negatives, "PARALLEL_DRAW_MIN", 1)
+    draws = NegativeSampler("uniform", 10).sample(DRAW_BLOCKS, 20_000, torch.Generator().manual_seed(0))
+    freq = torch.stack([torch.bincount(row, minlength=11)[1:] for row in draws]).double() / draws.shape[1]
+    assert (freq - 0.1).abs().max() < 5 * math.sqrt(0.1 * 0.9 / draws.shape[1])
 
 
 def test_inbatch_uses_distinct_targets_and_logq():

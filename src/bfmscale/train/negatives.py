@@ -6,6 +6,7 @@ Every position predicts its next event; h [N, d] are the context vectors of the 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,10 @@ from bfmscale.train.fused_ce import fused_linear_cross_entropy, fused_sampled_cr
 
 # A sampled negative equal to the positive gets this logit: large, finite (no inf - inf = nan in the softmax).
 HIT_MASK = -1e9
+# CPU negatives: row blocks with their own generators (torch's CPU generator is serial: 13 M codes took 70-100 ms),
+# a fixed count so that the codes do not depend on the thread count; threads only for draws this large.
+DRAW_BLOCKS = 8
+PARALLEL_DRAW_MIN = 2**20
 
 
 def _scaled(h: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -47,11 +52,37 @@ class NegativeSampler:
 
     def sample(self, n: int, k: int, generator: torch.Generator) -> torch.Tensor:
         """[n, k] item codes (with replacement), drawn on the generator's device: a CUDA generator keeps the
-        [n, k] draw and its copy off the host (at K=1024 the host draw was the GPU step's bottleneck)."""
-        dev = generator.device
+        [n, k] draw and its copy off the host (at K=1024 the host draw was the GPU step's bottleneck). On CPU,
+        whose generator is serial, DRAW_BLOCKS row blocks are drawn from generators seeded by `generator`, on
+        torch's threads when the draw is large: the same codes at any thread count."""
+        out = torch.empty((n, k), dtype=torch.long, device=generator.device)
+        if generator.device.type != "cpu":
+            self._draw(out, generator)
+            return out
+        seeds = torch.randint(0, 2**62, (DRAW_BLOCKS,), generator=generator).tolist()
+        edges = [n * i // DRAW_BLOCKS for i in range(DRAW_BLOCKS + 1)]
+
+        def draw_block(i: int) -> None:
+            self._draw(out[edges[i] : edges[i + 1]], torch.Generator().manual_seed(seeds[i]))
+
+        threads = min(torch.get_num_threads(), DRAW_BLOCKS) if n * k >= PARALLEL_DRAW_MIN else 1
+        if threads > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(draw_block, range(DRAW_BLOCKS)))
+        else:
+            for i in range(DRAW_BLOCKS):
+                draw_block(i)
+        return out
+
+    def _draw(self, out: torch.Tensor, generator: torch.Generator) -> None:
+        """Fill a contiguous code tensor on the generator's device from this sampler's distribution."""
+        if out.numel() == 0:
+            return
         if self.kind == "uniform":
-            return torch.randint(1, self.n_items + 1, (n, k), generator=generator, device=dev)
-        return torch.multinomial(self.on("probs", dev), n * k, replacement=True, generator=generator).view(n, k) + 1
+            out.random_(1, self.n_items + 1, generator=generator)
+        else:
+            torch.multinomial(self.on("probs", out.device), out.numel(), replacement=True, generator=generator,
+                              out=out.view(-1)).add_(1)
 
     def log_q(self, codes: torch.Tensor) -> torch.Tensor:
         """log sampling probability of each code, shaped like `codes`; uniform q: one value expanded (no gather)."""
