@@ -2,7 +2,11 @@
 
 Grid: d_model x layers x T x objective (full softmax, sampled K=128, frozen embedder + K=1024) x embedder (id,
 features) x precision (fp32, bf16 when the device has it natively). Timed steps run the loop's own `train_step`.
-Also: evaluation throughput (users/s, full-catalog ranking over ML-1M) of one fixed configuration.
+MFU divides the model FLOPs the study charges (`step_flops`: K+1 candidates per target, the feature MLP per lookup);
+HFU the FLOPs the step executes, counted by torch.utils.flop_counter on one step (the dense sampled route scores
+the whole catalog, the catalog route runs the MLP once per item). The peak is measured again at the end, to show
+the box's drift over the grid. Also: evaluation throughput (users/s, full-catalog ranking over ML-1M) of one fixed
+configuration.
 Needs data/prepared/ml-1m.
 
     .venv/bin/python bench/train_throughput.py --quick      # a small subset, ~6 minutes on 2 cores
@@ -17,6 +21,7 @@ import dataclasses
 import itertools
 import platform
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +30,7 @@ from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.data.dataset import load_prepared
 from bfmscale.device import cpu_has_native_bf16, resolve_device
 from bfmscale.eval.ranking import evaluate
-from bfmscale.model.accounting import step_flops
+from bfmscale.model.accounting import counted_flops, step_flops
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog
 from bfmscale.train.data import build_sequences, gather, plan_epoch, train_windows
@@ -56,10 +61,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+class Timing(NamedTuple):
+    """One configuration's timed steps: tokens/s, model and hardware FLOP/s, and the warm-up's seconds."""
+
+    tokens_per_s: float
+    model_flops_per_s: float
+    hardware_flops_per_s: float
+    warmup_s: float
+
+
 def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, amp, batch_size: int, steps: int,
-                 compile: bool = False):
-    """Tokens/s and analytic FLOP/s of `steps` timed training steps (after 2 warm-up steps), and the warm-up's
-    seconds (with `compile`, torch.compile of the contextualizer happens there)."""
+                 compile: bool = False) -> Timing:
+    """`steps` timed training steps after 2 warm-up steps (with `compile`, torch.compile of the contextualizer
+    happens there), then one more under the FLOP counter (all batches are full-length windows: one shape)."""
     torch.manual_seed(0)
     n_ev = len(seqs.feature_names)
     model = BehaviorModel(mc, catalog, n_ev).to(device)
@@ -87,7 +101,8 @@ def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, am
             shape = shape_of(sub, idx, seqs, count_unique=tc.objective == "inbatch")
             tokens += shape.targets
             flops += step_flops(mc, tc, catalog, shape, n_ev)["total"]
-    return tokens / elapsed, flops / elapsed, warmup
+    executed = counted_flops(lambda: train_step(model, obj, opt, items, feats, amp, tc.grad_clip)) * steps
+    return Timing(tokens / elapsed, flops / elapsed, executed / elapsed, warmup)
 
 
 def eval_throughput(seqs, catalog, d: int, device: torch.device) -> None:
@@ -120,7 +135,8 @@ def main() -> None:
     if "bf16" in precisions and not native_bf16:
         raise SystemExit(f"--precisions: bf16 asked for, but {device} has no native bf16 (it would run ~20x slower)")
     n = 8192 if device.type == "cuda" else 2048  # a GPU needs the larger product to reach its peak
-    peaks = {p: matmul_peak(torch.bfloat16 if p == "bf16" else torch.float32, device, n) for p in precisions}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {p: matmul_peak(dtypes[p], device, n) for p in precisions}
     d_models = [int(x) for x in args.d_models.split(",")] if args.d_models else [64, 128, 256]
     grid = list(itertools.product(d_models, [2, 4], [50, 200], OBJECTIVES, ["id", "features"], precisions))
     if args.quick:
@@ -132,7 +148,7 @@ def main() -> None:
           ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
     eval_throughput(seqs, catalog, max(d_models), device)
     print(f"{'d':>5} {'L':>2} {'T':>4} {'objective':>11} {'embedder':>9} {'prec':>5} {'tokens/s':>10} {'GFLOP/s':>8} "
-          f"{'MFU':>6}" + (f" {'compiled tok/s':>15} {'speed-up':>9} {'compile s':>10}" if args.compile else ""))
+          f"{'MFU':>6} {'HFU':>6}" + (f" {'compiled tok/s':>15} {'speed-up':>9} {'compile s':>10}" if args.compile else ""))
     failed: list[str] = []
     for d, layers, t, obj, emb, prec in grid:
         mc = ModelConfig(embedder=emb, d_model=d, n_layers=layers, n_heads=max(1, d // 64), d_ff=4 * d, max_len=t,
@@ -140,7 +156,7 @@ def main() -> None:
         tc = TrainConfig(**OBJECTIVES[obj])
         amp = torch.bfloat16 if prec == "bf16" else None
         try:
-            tok_s, flop_s, _ = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps)
+            run = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps)
         except RuntimeError as e:  # e.g. a GPU grid up to d=1024 outgrowing the card: say so, go on, fail at the end
             failed.append(f"{d} {layers} {t} {obj} {emb} {prec}: {type(e).__name__}: {str(e).splitlines()[0]}")
             print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5}   failed: {failed[-1]}", flush=True)
@@ -149,11 +165,13 @@ def main() -> None:
             continue
         extra = ""
         if args.compile:
-            c_tok_s, _, c_warm = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps,
-                                                 compile=True)
-            extra = f" {c_tok_s:>15,.0f} {c_tok_s / tok_s:>8.2f}x {c_warm:>10.1f}"
-        print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5} {tok_s:>10,.0f} {flop_s / 1e9:>8.1f} "
-              f"{100 * flop_s / 1e9 / peaks[prec]:>5.1f}%" + extra, flush=True)
+            comp = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps, compile=True)
+            extra = f" {comp.tokens_per_s:>15,.0f} {comp.tokens_per_s / run.tokens_per_s:>8.2f}x {comp.warmup_s:>10.1f}"
+        mfu, hfu = (100 * f / 1e9 / peaks[prec] for f in (run.model_flops_per_s, run.hardware_flops_per_s))
+        print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5} {run.tokens_per_s:>10,.0f} "
+              f"{run.model_flops_per_s / 1e9:>8.1f} {mfu:>5.1f}% {hfu:>5.1f}%" + extra, flush=True)
+    print(f"matmul peak ({n}^3) at the end: " +
+          ", ".join(f"{p} {matmul_peak(dtypes[p], device, n):.1f} GFLOP/s" for p in precisions), flush=True)
     if failed:
         raise SystemExit(f"{len(failed)} configuration(s) failed: " + "; ".join(failed))
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from bfmscale.train import negatives
-from bfmscale.train.negatives import (DRAW_BLOCKS, HIT_MASK, NegativeSampler, full_softmax_loss, inbatch_logits, sampled_logits,
-                                      sampled_softmax_loss)
+from bfmscale.train.negatives import (DRAW_BLOCKS, HIT_MASK, NegativeSampler, full_softmax_loss, inbatch_logits,
+                                      sampled_logits, sampled_softmax_loss)
 
 
 def test_accidental_hits_are_masked():

@@ -8,13 +8,35 @@ softmax and cross-entropy count 0.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
+from torch.utils import flop_counter as fcm
+from torch.utils.flop_counter import FlopCounterMode
 
 from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.model.catalog import ItemCatalog
 from bfmscale.model.embedder import mlp_dims
+
+
+_aten = torch.ops.aten
+# FlopCounterMode counts CPU flash attention as 0; map it to the library's own SDPA formulas (STACK-NOTES Fix A).
+SDPA_CPU_FLOPS = {
+    _aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda q, k, v, *a, out_shape=None, **kw: fcm.sdpa_flop_count(q, k, v),
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda g, q, k, v, *a, out_shape=None, **kw: fcm.sdpa_backward_flop_count(g, q, k, v),
+}
+
+
+def counted_flops(fn: Callable[[], object]) -> int:
+    """FLOPs torch.utils.flop_counter counts while `fn` runs, CPU flash attention included: what the hardware
+    executes, where `step_flops` gives the model FLOPs that the study charges."""
+    with FlopCounterMode(display=False, custom_mapping=SDPA_CPU_FLOPS) as counter:
+        fn()
+    return counter.get_total_flops()
 
 
 @dataclass(frozen=True)
