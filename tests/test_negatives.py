@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from bfmscale.train import negatives
-from bfmscale.train.negatives import (DRAW_BLOCKS, HIT_MASK, NegativeSampler, full_softmax_loss, inbatch_logits,
-                                      sampled_logits, sampled_softmax_loss)
+from bfmscale.train.negatives import (DRAW_BLOCKS, HIT_MASK, NegativeSampler, alias_table, full_softmax_loss,
+                                      inbatch_logits, sampled_logits, sampled_softmax_loss)
 
 
 def test_accidental_hits_are_masked():
@@ -105,6 +105,29 @@ def test_uniform_cpu_draw_is_uniform_in_every_block(monkeypatch):
     draws = NegativeSampler("uniform", 10).sample(DRAW_BLOCKS, 20_000, torch.Generator().manual_seed(0))
     freq = torch.stack([torch.bincount(row, minlength=11)[1:] for row in draws]).double() / draws.shape[1]
     assert (freq - 0.1).abs().max() < 5 * math.sqrt(0.1 * 0.9 / draws.shape[1])
+
+
+@pytest.mark.parametrize("probs", [[0.25, 0.25, 0.25, 0.25], [0.7, 0.1, 0.1, 0.05, 0.05], [1e-9, 1 - 2e-9, 1e-9]])
+def test_alias_table_encodes_the_distribution_exactly(probs):
+    """An outcome's probability under the table, (accept[j] + sum of 1 - accept[i] over buckets aliased to j) / n,
+    is the distribution's, to float64 rounding (1e-9 included)."""
+    p = torch.tensor(probs, dtype=torch.float64)
+    accept, alias = alias_table(p)
+    assert ((accept >= 0) & (accept <= 1)).all()
+    implied = accept.clone().index_add_(0, alias, 1 - accept) / len(p)
+    torch.testing.assert_close(implied, p, rtol=1e-12, atol=1e-15)
+
+
+def test_popularity_draw_frequencies_follow_q():
+    """Alias-method popularity draws: each item's frequency within 5 standard errors of q = (count + 1) / sum, over
+    probabilities from 0.1% to 68%; log q is their log."""
+    pop = torch.tensor([0.0, 0, 2, 8, 26, 80, 728])  # weights 1, 3, 9, 27, 81, 729
+    sampler = NegativeSampler("popularity", 6, pop)
+    draws = sampler.sample(40, 10_000, torch.Generator().manual_seed(0))
+    q = (pop[1:].double() + 1) / (pop[1:].double() + 1).sum()
+    freq = torch.bincount(draws.view(-1), minlength=7)[1:].double() / draws.numel()
+    assert ((freq - q).abs() < 5 * (q * (1 - q) / draws.numel()).sqrt()).all(), (freq, q)
+    torch.testing.assert_close(sampler.log_q(torch.arange(1, 7)).double(), q.log(), rtol=1e-6, atol=1e-6)
 
 
 def test_inbatch_uses_distinct_targets_and_logq():

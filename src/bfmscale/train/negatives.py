@@ -26,6 +26,22 @@ def _scaled(h: torch.Tensor, temperature: float) -> torch.Tensor:
     return h if temperature == 1.0 else h / temperature
 
 
+def alias_table(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Walker's alias table (Vose's construction) of a distribution over n outcomes: a uniform bucket i keeps
+    itself with probability accept[i], else it becomes alias[i]; draws then cost O(1) each."""
+    n = len(probs)
+    scaled = (probs.double() * n).tolist()
+    accept, alias = [1.0] * n, list(range(n))
+    small = [i for i, x in enumerate(scaled) if x < 1.0]
+    large = [i for i, x in enumerate(scaled) if x >= 1.0]
+    while small and large:
+        lo, hi = small.pop(), large.pop()
+        accept[lo], alias[lo] = scaled[lo], hi
+        scaled[hi] -= 1.0 - scaled[lo]
+        (small if scaled[hi] < 1.0 else large).append(hi)
+    return torch.tensor(accept, dtype=torch.float64), torch.tensor(alias)  # leftovers (rounding) keep themselves
+
+
 class NegativeSampler:
     """Samples item codes in 1..I uniformly or proportional to (training count + 1) ** alpha; knows log q."""
 
@@ -39,12 +55,12 @@ class NegativeSampler:
                 raise ValueError("a popularity sampler needs item counts")
             weights = (popularity[1:].double() + 1.0) ** alpha
             probs = weights / weights.sum()
-        self.probs = probs.float()
+        self.accept, self.alias = alias_table(probs)
         self.log_probs = torch.cat([torch.zeros(1), probs.log().float()])  # indexed by code; row 0 unused
         self._copies: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     def on(self, name: str, device: torch.device) -> torch.Tensor:
-        """`probs` or `log_probs` on `device`, copied there once."""
+        """`accept`, `alias` or `log_probs` on `device`, copied there once."""
         t = getattr(self, name)
         if t.device == device:
             return t
@@ -80,9 +96,11 @@ class NegativeSampler:
             return
         if self.kind == "uniform":
             out.random_(1, self.n_items + 1, generator=generator)
-        else:
-            torch.multinomial(self.on("probs", out.device), out.numel(), replacement=True, generator=generator,
-                              out=out.view(-1)).add_(1)
+        else:  # alias method: one float64 uniform per code; its integer part picks a bucket, its fraction decides
+            x = torch.rand(out.numel(), dtype=torch.float64, generator=generator, device=out.device).mul_(self.n_items)
+            bucket = x.long()  # < n_items: a uniform below 1 times n rounds below n
+            keep = x.frac_() < self.on("accept", out.device).index_select(0, bucket)
+            torch.where(keep, bucket, self.on("alias", out.device).index_select(0, bucket), out=out.view(-1)).add_(1)
 
     def log_q(self, codes: torch.Tensor) -> torch.Tensor:
         """log sampling probability of each code, shaped like `codes`; uniform q: one value expanded (no gather)."""
