@@ -25,7 +25,8 @@ from bfmscale.config import RunConfig
 RUN_FORMAT = 5  # 2: CPU dropout masks from raw random bits, fp32 attention under CPU bf16 autocast;
 # 3: fused CE softmax in the logits dtype (bf16 gradients rounded once), sampled per-item gradients summed in bf16;
 # 4: explicit bf16 attention under CPU bf16 autocast while T <= 4 d_head;
-# 5: dense sampled CE sums per-code gradients in fp32 (bf16: rounded once)
+# 5: dense sampled CE sums per-code gradients in fp32 (bf16: rounded once); CPU negatives drawn in seeded row
+# blocks; popularity negatives by the alias method
 
 STATES = ("pending", "running", "done", "failed")
 

@@ -55,7 +55,7 @@ class NegativeSampler:
                 raise ValueError("a popularity sampler needs item counts")
             weights = (popularity[1:].double() + 1.0) ** alpha
             probs = weights / weights.sum()
-        self.accept, self.alias = alias_table(probs)
+            self.accept, self.alias = alias_table(probs)  # the uniform draw needs no table
         self.log_probs = torch.cat([torch.zeros(1), probs.log().float()])  # indexed by code; row 0 unused
         self._copies: dict[tuple[str, torch.device], torch.Tensor] = {}
 
