@@ -120,7 +120,7 @@ def test_alias_table_encodes_the_distribution_exactly(probs):
 
 def test_popularity_draw_frequencies_follow_q():
     """Alias-method popularity draws: each item's frequency within 5 standard errors of q = (count + 1) / sum, over
-    probabilities from 0.1% to 68%; log q is their log."""
+    probabilities from 0.1% to 86%; log q is their log."""
     pop = torch.tensor([0.0, 0, 2, 8, 26, 80, 728])  # weights 1, 3, 9, 27, 81, 729
     sampler = NegativeSampler("popularity", 6, pop)
     draws = sampler.sample(40, 10_000, torch.Generator().manual_seed(0))
