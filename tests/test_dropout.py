@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bfmscale.model.dropout import Dropout, drop_mask, dropout
+from bfmscale.model.dropout import Dropout, dropout, keep_mask
 
 
 @pytest.mark.parametrize("p", [0.05, 0.2, 0.5, 0.9])
@@ -15,7 +15,7 @@ def test_drop_rate_matches_p_in_every_lane(p):
     """Each of the four 16-bit lanes of a 64-bit draw drops at rate p (a biased lane, e.g. a constant sign bit,
     would show as one column far off)."""
     n = 1 << 20
-    mask = drop_mask(torch.Size([n]), p, torch.Generator().manual_seed(1))
+    mask = ~keep_mask(torch.Size([n]), p, torch.Generator().manual_seed(1))
     sigma = math.sqrt(p * (1 - p) / n)
     assert abs(mask.float().mean().item() - p) < 5 * sigma
     lanes = mask.view(-1, 4).float().mean(dim=0)
@@ -23,10 +23,10 @@ def test_drop_rate_matches_p_in_every_lane(p):
 
 
 def test_mask_odd_shapes_and_extremes():
-    mask = drop_mask(torch.Size([3, 5, 7]), 0.3)
+    mask = ~keep_mask(torch.Size([3, 5, 7]), 0.3)
     assert mask.shape == (3, 5, 7) and mask.dtype == torch.bool
-    assert not drop_mask(torch.Size([4096]), 0.0).any()
-    assert drop_mask(torch.Size([4096]), 1.0 - 2**-17).all()  # keep probability rounds to 0
+    assert not (~keep_mask(torch.Size([4096]), 0.0)).any()
+    assert (~keep_mask(torch.Size([4096]), 1.0 - 2**-17)).all()  # keep probability rounds to 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -15,15 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def drop_mask(shape: torch.Size, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Bool CPU mask of `shape`, True where an element is dropped, each with probability round(p, 2**-16)."""
+def keep_mask(shape: torch.Size, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bool CPU mask of `shape`, True where an element is kept, each dropped with probability round(p, 2**-16)."""
     threshold = round((1.0 - p) * 2**16) - 2**15  # keep where bits < threshold
     if threshold >= 2**15:  # keep everything (the comparison would wrap in int16)
-        return torch.zeros(shape, dtype=torch.bool)
+        return torch.ones(shape, dtype=torch.bool)
     n = shape.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None, generator=generator)
     bits = words.view(torch.int16)[:n].view(shape)  # uniform on [-2**15, 2**15)
-    return bits >= threshold
+    return bits < threshold
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -32,7 +32,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, training=True)
-    keep = (~drop_mask(x.shape, p)).to(x.dtype)  # 0 / 1: a multiply, unlike CPU masked_fill, is vectorized
+    keep = keep_mask(x.shape, p).to(x.dtype)  # 0 / 1: a multiply, unlike CPU masked_fill, is vectorized
     return (x * keep).mul_(1.0 / (1.0 - p))
 
 
