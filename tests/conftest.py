@@ -9,10 +9,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+NO_CUDA = not torch.cuda.is_available()
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(NO_CUDA, reason="no GPU")])])
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """Each device a test should hold on: the CPU always, a CUDA GPU where there is one (`pytest -m cuda`)."""
+    return torch.device(request.param)
 
 
 def snapshot(path: Path) -> dict[str, bytes] | None:

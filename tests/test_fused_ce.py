@@ -17,11 +17,11 @@ from bfmscale.train.negatives import (NegativeSampler, correct_sampled_logits, s
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
 @pytest.mark.parametrize("need_e", [True, False])
-def test_matches_reference(chunk, need_e):
+def test_matches_reference(chunk, need_e, device):
     torch.manual_seed(0)
-    h = torch.randn(50, 16, requires_grad=True)
-    e = torch.randn(33, 16, requires_grad=need_e)
-    y = torch.randint(0, 33, (50,))
+    h = torch.randn(50, 16).to(device).requires_grad_()
+    e = torch.randn(33, 16).to(device).requires_grad_(need_e)
+    y = torch.randint(0, 33, (50,)).to(device)
     ref = F.cross_entropy(h @ e.T, y)
     ref.backward()
     gh, ge = h.grad.clone(), e.grad.clone() if need_e else None
@@ -83,15 +83,15 @@ def test_under_autocast_matches_plain_autocast():
 @pytest.mark.parametrize("chunk", [1, 5, 1000])
 @pytest.mark.parametrize("logq", [True, False])
 @pytest.mark.parametrize("dense", [False, True])
-def test_frozen_sampled_matches_reference(chunk, logq, dense):
+def test_frozen_sampled_matches_reference(chunk, logq, dense, device):
     """Fused sampled CE over a frozen cache, either route: same loss and dh as the plain path, accidental hits
     still masked, repeated negatives counted once each."""
     torch.manual_seed(0)
-    cache = torch.randn(13, 8)  # codes 0..12, row 0 = padding
-    h = torch.randn(30, 8, requires_grad=True)
-    pos = torch.randint(1, 13, (30,))
+    cache = torch.randn(13, 8).to(device)  # codes 0..12, row 0 = padding
+    h = torch.randn(30, 8).to(device).requires_grad_()
+    pos = torch.randint(1, 13, (30,)).to(device)
     sampler = NegativeSampler("popularity", 12, torch.arange(13.0))
-    neg = sampler.sample(30, 6, torch.Generator().manual_seed(1))
+    neg = sampler.sample(30, 6, torch.Generator(device).manual_seed(1))
     neg[0, 0] = pos[0]  # an accidental hit
     neg[1, :3] = neg[1, 3]  # the same negative four times for one target
     log_q = sampler.log_q(neg) if logq else None
@@ -110,15 +110,15 @@ def test_frozen_sampled_matches_reference(chunk, logq, dense):
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
 @pytest.mark.parametrize("dense", [False, True])
-def test_table_sampled_gradient_matches_reference(chunk, dense):
+def test_table_sampled_gradient_matches_reference(chunk, dense, device):
     """With a trainable item table, either route gives the plain path's loss and the gradients of h and of every
     table row (positives, repeated negatives and accidental hits included; the padding row gets none)."""
     torch.manual_seed(0)
-    table = torch.randn(13, 8, requires_grad=True)
-    h = torch.randn(30, 8, requires_grad=True)
-    pos = torch.randint(1, 13, (30,))
+    table = torch.randn(13, 8).to(device).requires_grad_()
+    h = torch.randn(30, 8).to(device).requires_grad_()
+    pos = torch.randint(1, 13, (30,)).to(device)
     sampler = NegativeSampler("popularity", 12, torch.arange(13.0))
-    neg = sampler.sample(30, 6, torch.Generator().manual_seed(1))
+    neg = sampler.sample(30, 6, torch.Generator(device).manual_seed(1))
     neg[0, 0] = pos[0]
     neg[1, :3] = neg[1, 3]
     log_q = sampler.log_q(neg)
@@ -132,20 +132,20 @@ def test_table_sampled_gradient_matches_reference(chunk, dense):
     assert torch.count_nonzero(table.grad[0]) == 0 and torch.count_nonzero(gt[1:]) > 0
 
 
-def test_frozen_sampled_routes_agree_under_autocast():
+def test_frozen_sampled_routes_agree_under_autocast(device):
     """Under bf16 autocast both routes read the bf16 cache: losses and dh agree with fp32 to bf16 precision, and
     the gradient comes back in h's fp32."""
     torch.manual_seed(0)
-    cache = torch.randn(41, 16)
-    h = torch.randn(50, 16, requires_grad=True)
-    pos = torch.randint(1, 41, (50,))
-    neg = torch.randint(1, 41, (50, 7))
+    cache = torch.randn(41, 16).to(device)
+    h = torch.randn(50, 16).to(device).requires_grad_()
+    pos = torch.randint(1, 41, (50,)).to(device)
+    neg = torch.randint(1, 41, (50, 7)).to(device)
     ref = fused_sampled_cross_entropy(h, cache, pos, neg, None, correct_sampled_logits, dense=False)
     ref.backward()
     gh = h.grad.clone()
     for dense in (False, True):
         h.grad = None
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             out = fused_sampled_cross_entropy(h, cache, pos, neg, None, correct_sampled_logits, dense=dense)
         out.backward()
         assert h.grad.dtype == torch.float32

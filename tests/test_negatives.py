@@ -118,16 +118,18 @@ def test_alias_table_encodes_the_distribution_exactly(probs):
     torch.testing.assert_close(implied, p, rtol=1e-12, atol=1e-15)
 
 
-def test_popularity_draw_frequencies_follow_q():
-    """Alias-method popularity draws: each item's frequency within 5 standard errors of q = (count + 1) / sum, over
-    probabilities from 0.1% to 86%; log q is their log."""
+def test_popularity_draw_frequencies_follow_q(device):
+    """Alias-method popularity draws, on the generator's device: each item's frequency within 5 standard errors of
+    q = (count + 1) / sum, over probabilities from 0.1% to 86%; log q is their log."""
     pop = torch.tensor([0.0, 0, 2, 8, 26, 80, 728])  # weights 1, 3, 9, 27, 81, 729
     sampler = NegativeSampler("popularity", 6, pop)
-    draws = sampler.sample(40, 10_000, torch.Generator().manual_seed(0))
+    draws = sampler.sample(40, 10_000, torch.Generator(device).manual_seed(0))
+    assert draws.device.type == device.type
     q = (pop[1:].double() + 1) / (pop[1:].double() + 1).sum()
-    freq = torch.bincount(draws.view(-1), minlength=7)[1:].double() / draws.numel()
+    freq = torch.bincount(draws.view(-1).cpu(), minlength=7)[1:].double() / draws.numel()
     assert ((freq - q).abs() < 5 * (q * (1 - q) / draws.numel()).sqrt()).all(), (freq, q)
-    torch.testing.assert_close(sampler.log_q(torch.arange(1, 7)).double(), q.log(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sampler.log_q(torch.arange(1, 7).to(device)).double().cpu(), q.log(), rtol=1e-6,
+                               atol=1e-6)
 
 
 def test_inbatch_uses_distinct_targets_and_logq():

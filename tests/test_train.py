@@ -86,11 +86,15 @@ def test_more_compute_means_more_steps(ds):
     assert b["steps"] > 2 * a["steps"] and b["epochs"] > a["epochs"]
 
 
-@pytest.mark.parametrize("extra", [[], ["model.embedder=features", "train.objective=sampled", "train.n_negatives=5"]])
-def test_same_config_and_seed_same_metrics(ds, extra):
+@pytest.mark.parametrize("extra", [[], ["model.embedder=features", "train.objective=sampled", "train.n_negatives=5"],
+                                   ["train.objective=sampled", "train.n_negatives=7", "train.sampler=popularity",
+                                    "train.precision=auto"]])
+def test_same_config_and_seed_same_metrics(ds, extra, device):
+    extra = [*extra, f"train.device={device.type}"]
     a = train_run(cfg(*extra), ds)
     b = train_run(cfg(*extra), ds)
     c = train_run(cfg(*extra, "seed=1"), ds)
+    assert a.info["device"].startswith(device.type)
     assert a.metrics == b.metrics
     assert a.curve["loss"].tolist() == b.curve["loss"].tolist()
     assert a.curve["loss"].tolist() != c.curve["loss"].tolist()
