@@ -165,6 +165,23 @@ def test_frozen_sampled_default_route_follows_catalog_size(monkeypatch):
     assert routes == [True, False]
 
 
+def test_default_chunks_follow_the_device(monkeypatch):
+    """Both CEs take CHUNK_BYTES of their widest per-row tensor per chunk on CPU; a GPU gets GPU_CHUNK_BYTES
+    (fewer launches), never fewer than one row."""
+    chunks = []
+    for fn in (fused_ce._FusedLinearCE, fused_ce._FusedSampledCE):
+        real = fn.apply
+        monkeypatch.setattr(fn, "apply", lambda *a, real=real: chunks.append(a[-1]) or real(*a))
+    h, table = torch.randn(5, 8), torch.randn(1001, 8)
+    fused_linear_cross_entropy(h, table, torch.arange(5))
+    fused_sampled_cross_entropy(h, table, torch.arange(1, 6), torch.randint(1, 1001, (5, 3)), None,
+                                correct_sampled_logits, dense=False)
+    assert chunks == [fused_ce.CHUNK_BYTES // (4 * 1001), fused_ce.CHUNK_BYTES // (4 * 8 * 4)]
+    gpu = torch.device("cuda")  # only the device's type is read: no GPU needed
+    assert fused_ce.chunk_rows(4 * 1001, gpu) == fused_ce.GPU_CHUNK_BYTES // (4 * 1001) > chunks[0]
+    assert fused_ce.chunk_rows(2 * fused_ce.GPU_CHUNK_BYTES, gpu) == 1
+
+
 @pytest.mark.parametrize("embedder", ["id", "features"])
 def test_sampled_objective_through_the_table_equals_per_candidate_vectors(tmp_path, embedder, monkeypatch):
     """The training objective's sampled loss read from the item table (ID always; features by the catalog route)

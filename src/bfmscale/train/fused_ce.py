@@ -69,14 +69,23 @@ class _FusedLinearCE(torch.autograd.Function):
         return (dh * scale if need_h else None, (de * scale).to(e_dtype) if need_e else None, None, None)
 
 
-CHUNK_BYTES = 16 * 2**20  # fp32 logits per chunk: stays under glibc's mmap threshold (see bfmscale.malloc)
+# Bytes of a chunk's widest per-row tensor. CPU: stays under glibc's mmap threshold (see bfmscale.malloc). GPU:
+# each chunk is a dozen kernel launches, so larger chunks (H200 training steps: 1.1-3.3x over 16 MiB; 1 GiB no
+# better than 256 MiB; bench/logs/2026-11-26-h200-ab-ce-chunk-and-sampled-route.log).
+CHUNK_BYTES = 16 * 2**20
+GPU_CHUNK_BYTES = 256 * 2**20
+
+
+def chunk_rows(row_bytes: int, device: torch.device) -> int:
+    """Rows per chunk on `device` when one row of the chunk's widest tensor takes `row_bytes`."""
+    return max(1, (CHUNK_BYTES if device.type == "cpu" else GPU_CHUNK_BYTES) // row_bytes)
 
 
 def fused_linear_cross_entropy(h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor,
                                chunk: int | None = None) -> torch.Tensor:
     """Mean CE of logits h @ catalog.T against 0-based `targets`, without materializing all logits.
-    `chunk` rows at a time (default: as many as fit CHUNK_BYTES of fp32 logits)."""
-    chunk = chunk or max(1, CHUNK_BYTES // (4 * catalog.shape[0]))
+    `chunk` rows at a time (default: as many as fit the device's chunk bytes of fp32 logits)."""
+    chunk = chunk or chunk_rows(4 * catalog.shape[0], h.device)
     return _FusedLinearCE.apply(h, catalog, targets, chunk)
 
 
@@ -148,5 +157,5 @@ def fused_sampled_cross_entropy(h: torch.Tensor, table: torch.Tensor, pos_codes:
     n_items, k1 = table.shape[0] - 1, neg_codes.shape[1] + 1
     dense = n_items <= DENSE_MAX_RATIO * k1 if dense is None else dense
     row_bytes = 4 * (n_items + 1) if dense else table.element_size() * table.shape[1] * k1
-    chunk = chunk or max(1, CHUNK_BYTES // row_bytes)
+    chunk = chunk or chunk_rows(row_bytes, h.device)
     return _FusedSampledCE.apply(h, table, pos_codes, neg_codes, log_q, correct, dense, chunk)
