@@ -204,3 +204,25 @@ def test_ready_for_training_tunes_malloc_as_configured(monkeypatch, tune):
     loop.ready_for_training(BehaviorModel(ModelConfig(d_model=8, n_heads=1, d_ff=16, max_len=4), ItemCatalog(5)),
                             TrainConfig(tune_malloc=tune))
     assert calls == ([1] if tune else [])
+
+
+def test_memory_estimate_holds_the_fused_ce_chunks_not_all_logits():
+    """The estimate's logits term is what the fused CEs hold at once: [N, I] fp32 (three of them) while N fits
+    one chunk, then one chunk's worth however many targets; a GPU's chunks are larger; sampled K=1023 over 4,000
+    items takes the dense route (fp32 [I+1] rows), K=63 the gather route ([K+1, d] rows)."""
+    from bfmscale.model.accounting import StepShape
+    from bfmscale.train import fused_ce
+    from bfmscale.train.loop import memory_estimate_bytes
+
+    n_items, cpu, gpu = 4000, torch.device("cpu"), torch.device("cuda")
+
+    def logits(n, device, *extra):
+        run = cfg(*extra)
+        est = lambda t: memory_estimate_bytes(1000, StepShape(64, 50, t), run, n_items, 4, device)  # noqa: E731
+        return est(n) - est(0)
+
+    fit = fused_ce.CHUNK_BYTES // (4 * n_items)
+    assert logits(fit, cpu) == 3 * 4 * fit * n_items
+    assert logits(10 * fit, cpu) == logits(100 * fit, cpu) == logits(fit, cpu) < logits(100 * fit, gpu)
+    assert logits(100, cpu, "train.objective=sampled", "train.n_negatives=1023") == 3 * 100 * 4 * (n_items + 1)
+    assert logits(100, cpu, "train.objective=sampled", "train.n_negatives=63") == 3 * 100 * 4 * 16 * 64  # d=16

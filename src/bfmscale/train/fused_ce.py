@@ -81,6 +81,11 @@ def chunk_rows(row_bytes: int, device: torch.device) -> int:
     return max(1, (CHUNK_BYTES if device.type == "cpu" else GPU_CHUNK_BYTES) // row_bytes)
 
 
+def working_bytes(n_rows: int, row_bytes: int, device: torch.device) -> int:
+    """Peak bytes of a fused CE's per-chunk tensors for n_rows targets: about three of [chunk, row_bytes]."""
+    return 3 * min(n_rows, chunk_rows(row_bytes, device)) * row_bytes
+
+
 def fused_linear_cross_entropy(h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor,
                                chunk: int | None = None) -> torch.Tensor:
     """Mean CE of logits h @ catalog.T against 0-based `targets`, without materializing all logits.
@@ -144,6 +149,18 @@ class _FusedSampledCE(torch.autograd.Function):
         return dh * scale, dt, None, None, None, None, None, None
 
 
+def dense_route(n_items: int, k1: int) -> bool:
+    """The sampled CE's default route for I items and K+1 candidates per target: dense while I <= ratio·(K+1)."""
+    return n_items <= DENSE_MAX_RATIO * k1
+
+
+def sampled_row_bytes(n_items: int, k1: int, d: int, elem_bytes: int, dense: bool | None = None) -> int:
+    """Bytes per target of the sampled CE's widest per-chunk tensor: fp32 [I+1] scores and gradients on the dense
+    route (the default while I <= DENSE_MAX_RATIO·(K+1)), else [K+1, d] candidate vectors."""
+    dense = dense_route(n_items, k1) if dense is None else dense
+    return 4 * (n_items + 1) if dense else elem_bytes * d * k1
+
+
 def fused_sampled_cross_entropy(h: torch.Tensor, table: torch.Tensor, pos_codes: torch.Tensor,
                                 neg_codes: torch.Tensor, log_q: torch.Tensor | None, correct: Callable,
                                 dense: bool | None = None, chunk: int | None = None) -> torch.Tensor:
@@ -155,7 +172,6 @@ def fused_sampled_cross_entropy(h: torch.Tensor, table: torch.Tensor, pos_codes:
     I <= DENSE_MAX_RATIO·(K+1) (measured here: dense 1.5-12x faster at I/(K+1) of 4-49, slower from ~70 on).
     The FLOP accounting counts the objective's K+1 candidates either way (model FLOPs, not hardware FLOPs)."""
     n_items, k1 = table.shape[0] - 1, neg_codes.shape[1] + 1
-    dense = n_items <= DENSE_MAX_RATIO * k1 if dense is None else dense
-    row_bytes = 4 * (n_items + 1) if dense else table.element_size() * table.shape[1] * k1
-    chunk = chunk or chunk_rows(row_bytes, h.device)
+    dense = dense_route(n_items, k1) if dense is None else dense
+    chunk = chunk or chunk_rows(sampled_row_bytes(n_items, k1, table.shape[1], table.element_size(), dense), h.device)
     return _FusedSampledCE.apply(h, table, pos_codes, neg_codes, log_q, correct, dense, chunk)

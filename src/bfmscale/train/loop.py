@@ -24,6 +24,7 @@ from bfmscale.malloc import release_free_memory, tune_malloc
 from bfmscale.model.accounting import StepShape, embedder_share, param_counts, seed002_params, step_flops
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog
+from bfmscale.train import fused_ce
 from bfmscale.train.data import Sequences, Windows, build_sequences, gather, plan_epoch, train_windows
 from bfmscale.train.negatives import NegativeSampler
 from bfmscale.train.schedule import lr_at
@@ -138,13 +139,20 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def memory_estimate_bytes(n_params: int, shape: StepShape, cfg: RunConfig, n_items: int, bytes_per: int) -> int:
-    """Rough analytic peak: fp32 weights, grads and two Adam moments, plus saved activations and logits."""
-    m = cfg.model
+def memory_estimate_bytes(n_params: int, shape: StepShape, cfg: RunConfig, n_items: int, bytes_per: int,
+                          device: torch.device) -> int:
+    """Rough analytic peak: fp32 weights, grads and two Adam moments, plus saved activations and the objective's
+    logits (the fused CEs' per-chunk tensors, chunked as on `device`; in-batch: all [N, M] logits)."""
+    m, tc = cfg.model, cfg.train
     acts = bytes_per * m.n_layers * shape.batch * shape.seq_len * (16 * m.d_model + 2 * m.d_ff)
     acts += bytes_per * m.n_layers * shape.batch * m.n_heads * shape.seq_len  # SDPA log-sum-exp
-    cands = {"full": n_items, "sampled": cfg.train.n_negatives + 1, "inbatch": shape.unique_targets}[cfg.train.objective]
-    logits = 3 * 4 * shape.targets * cands
+    if tc.objective == "full":
+        logits = fused_ce.working_bytes(shape.targets, 4 * n_items, device)
+    elif tc.objective == "sampled":
+        row = fused_ce.sampled_row_bytes(n_items, tc.n_negatives + 1, m.d_model, bytes_per)
+        logits = fused_ce.working_bytes(shape.targets, row, device)
+    else:
+        logits = 3 * 4 * shape.targets * shape.unique_targets
     return 16 * n_params + acts + logits
 
 
@@ -272,7 +280,7 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
         "device": str(device), "precision": "bf16" if amp else "fp32", "threads": torch.get_num_threads(),
         "peak_memory_bytes": peak_memory_bytes(device),
         "memory_estimate_bytes": memory_estimate_bytes(sum(p.numel() for p in model.parameters()), biggest.shape, cfg,
-                                                       catalog.n_items, 2 if amp else 4),
+                                                       catalog.n_items, 2 if amp else 4, device),
         "n_users": seqs.n_users, "n_items": catalog.n_items,
     }
     log.info("done: test ndcg@10 %.4f hr@10 %.4f mrr %.4f ce %.3f  (%.0f s train, %.0f s eval)",
