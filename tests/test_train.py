@@ -170,6 +170,7 @@ def test_cli_run_writes_outputs_and_prints_summary(ds, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "embedder share" in out and "NDCG@10" in out and "12·L·d²" in out
+    assert "MiB (process RSS; training tensors estimated at " in out  # this run is on the CPU
     for name in ("config.json", "metrics.json", "curve.parquet", "per_user.parquet"):
         assert (tmp_path / "run" / name).is_file()
 
