@@ -53,6 +53,27 @@ def test_results_independent_of_eval_batch_size(setup):
     assert a.metrics["ndcg@10"] == pytest.approx(c.metrics["ndcg@10"])
 
 
+def test_batches_go_by_window_length_and_rows_keep_the_users_order(tmp_path, monkeypatch):
+    """Users are batched shortest window first (less padding); the rows come back in the order asked for, with the
+    ranks of one-user batches."""
+    from bfmscale.eval import ranking
+
+    ds = make_prepared(tmp_path, n_users=30, n_items=40, min_len=4, max_len=14)
+    seqs = build_sequences(ds)
+    torch.manual_seed(0)
+    model = BehaviorModel(ModelConfig(embedder="id", d_model=16, n_heads=2, max_len=8, dropout=0.0),
+                          build_catalog(ds, 64), 0)
+    widths = []
+    real = ranking.gather
+    monkeypatch.setattr(ranking, "gather", lambda s, w: widths.append(int(w.lengths.max())) or real(s, w))
+    users = np.random.default_rng(0).permutation(seqs.n_users)
+    res = evaluate(model, seqs, "test", 8, torch.device("cpu"), batch_size=4, users=users)
+    assert res.per_user["user"].tolist() == (users + 1).tolist()
+    assert widths == sorted(widths) and widths[0] < widths[-1]
+    one = evaluate(model, seqs, "test", 8, torch.device("cpu"), batch_size=1, users=users)
+    assert (one.per_user["rank"].to_numpy() == res.per_user["rank"].to_numpy()).all()
+
+
 def test_targets_are_the_users_last_events(setup):
     model, seqs = setup
     res = evaluate(model, seqs, "valid", 8, torch.device("cpu"))

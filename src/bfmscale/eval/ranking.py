@@ -54,16 +54,19 @@ def evaluate(model: BehaviorModel, seqs: Sequences, which: str, max_len: int, de
              objective: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
              autocast_dtype: torch.dtype | None = None) -> EvalResult:
     """Rank every item for each user's validation or test target; `objective(h, catalog, targets)` gives the
-    training objective's own per-row loss."""
+    training objective's own per-row loss. Batches take users in order of window length (a batch is padded to
+    its longest: at T=200 on ML-1M, 54% of the positions of batches in user order are real, 97% sorted); rows
+    come back in `users` order."""
     was_training = model.training
     model.eval()
     windows, targets = eval_windows(seqs, max_len, which)
     users = np.arange(seqs.n_users) if users is None else np.asarray(users)
+    by_length = np.argsort(windows.lengths[users], kind="stable")
     catalog = model.catalog_vectors().float()
     temp = model.cfg.temperature
     rows = []
     for c in range(0, len(users), batch_size):
-        u = users[c : c + batch_size]
+        u = users[by_length[c : c + batch_size]]
         win = windows.subset(u)
         items, feats = gather(seqs, win)
         items = items.to(device)
@@ -82,7 +85,7 @@ def evaluate(model: BehaviorModel, seqs: Sequences, which: str, max_len: int, de
                                   "ce": ce.cpu().numpy(), "objective": obj.float().cpu().numpy(),
                                   "history": seqs.offsets[u + 1] - seqs.offsets[u] - {"valid": 2, "test": 1}[which]}))
     model.train(was_training)
-    per_user = pd.concat(rows, ignore_index=True)
+    per_user = pd.concat(rows, ignore_index=True).iloc[np.argsort(by_length)].reset_index(drop=True)
     metrics = ranking_metrics(per_user["rank"].to_numpy())
     metrics["ce"] = float(per_user["ce"].mean())
     metrics["objective"] = float(per_user["objective"].mean())
