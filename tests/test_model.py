@@ -41,6 +41,25 @@ def test_outputs_do_not_depend_on_padding_or_batch(ds, embedder):
     torch.testing.assert_close(out[1, :5], alone[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layers,amp", [(1, None), (2, None), (3, torch.bfloat16)])
+def test_context_at_last_positions_equals_the_full_pass(ds, layers, amp):
+    """`context(..., last)` (evaluation: the final block only for each row's last position) gives the full pass's
+    context vectors at those positions, for rows of different lengths, in fp32 and under bf16 autocast."""
+    mc = ModelConfig(embedder="features", d_model=32, n_heads=4, n_layers=layers, max_len=20, dropout=0.0)
+    torch.manual_seed(0)
+    model = BehaviorModel(mc, build_catalog(ds, mc.text_buckets), 1).eval()
+    items = torch.zeros(3, 12, dtype=torch.long)
+    items[0, :11], items[1, :5], items[2, :1] = torch.arange(1, 12), torch.tensor([3, 7, 1, 9, 4]), 6
+    last = torch.tensor([10, 4, 0])
+    feats = torch.randn(3, 12, 1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+        full = model.context(model.item_vectors(items), feats)
+        at_last = model.context(model.item_vectors(items), feats, last)
+    assert at_last.shape == (3, 32)
+    tol = dict(rtol=1e-5, atol=1e-5) if amp is None else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(at_last.float(), full[torch.arange(3), last].float(), **tol)
+
+
 def test_causal_future_does_not_change_past(ds):
     mc = ModelConfig(d_model=32, n_heads=4, max_len=20, dropout=0.0)
     model = BehaviorModel(mc, build_catalog(ds, mc.text_buckets)).eval()

@@ -73,8 +73,8 @@ def evaluate(model: BehaviorModel, seqs: Sequences, which: str, max_len: int, de
         feats = feats.to(device) if feats is not None else None
         tgt = targets[torch.from_numpy(u)].to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            h = model.context(model.item_vectors(items), feats)
-        last = h[torch.arange(len(u), device=device), torch.from_numpy(win.lengths - 1).to(device)].float()
+            last = model.context(model.item_vectors(items), feats, torch.from_numpy(win.lengths - 1).to(device))
+        last = last.float()
         scores = (last / temp if temp != 1.0 else last) @ catalog.T
         ce = torch.logsumexp(scores, 1) - scores.gather(1, (tgt - 1).unsqueeze(1)).squeeze(1)
         obj = objective(last, catalog, tgt) if objective is not None else ce

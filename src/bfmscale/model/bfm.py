@@ -54,6 +54,8 @@ class BehaviorModel(nn.Module):
         """Vectors of items 1..I -> [I, d]."""
         return self.item_table()[1:]
 
-    def context(self, item_vecs: torch.Tensor, event_features: torch.Tensor | None = None) -> torch.Tensor:
-        """History item vectors [B, T, d] (+ event features) -> context vectors [B, T, d]."""
-        return self.contextualizer(self.embedder.events(item_vecs, event_features))
+    def context(self, item_vecs: torch.Tensor, event_features: torch.Tensor | None = None,
+                last: torch.Tensor | None = None) -> torch.Tensor:
+        """History item vectors [B, T, d] (+ event features) -> context vectors [B, T, d], or [B, d] at the
+        positions `last` only (evaluation: the final block's work for the other positions is skipped)."""
+        return self.contextualizer(self.embedder.events(item_vecs, event_features), last)

@@ -26,8 +26,8 @@ RUN_FORMAT = 6  # 2: CPU dropout masks from raw random bits, fp32 attention unde
 # 3: fused CE softmax in the logits dtype (bf16 gradients rounded once), sampled per-item gradients summed in bf16;
 # 4: explicit bf16 attention under CPU bf16 autocast while T <= 4 d_head;
 # 5: dense sampled CE sums per-code gradients in fp32 (bf16: rounded once); CPU negatives drawn in seeded row
-# blocks; popularity negatives by the alias method; 6: evaluation batches users by window length (other batch
-# shapes: float-level differences); fused CEs' chunks of 256 MiB off the CPU
+# blocks; popularity negatives by the alias method; 6: evaluation batches users by window length and runs the
+# final block for each user's last position only (float-level differences); fused CEs' chunks of 256 MiB off the CPU
 
 STATES = ("pending", "running", "done", "failed")
 
