@@ -154,10 +154,9 @@ def dense_route(n_items: int, k1: int) -> bool:
     return n_items <= DENSE_MAX_RATIO * k1
 
 
-def sampled_row_bytes(n_items: int, k1: int, d: int, elem_bytes: int, dense: bool | None = None) -> int:
-    """Bytes per target of the sampled CE's widest per-chunk tensor: fp32 [I+1] scores and gradients on the dense
-    route (the default while I <= DENSE_MAX_RATIO·(K+1)), else [K+1, d] candidate vectors."""
-    dense = dense_route(n_items, k1) if dense is None else dense
+def sampled_row_bytes(n_items: int, k1: int, d: int, elem_bytes: int, dense: bool) -> int:
+    """Bytes per target of the sampled CE's widest per-chunk tensor: fp32 [I+1] gradients on the dense route, else
+    [K+1, d] candidate vectors of `elem_bytes` (the matmul dtype's)."""
     return 4 * (n_items + 1) if dense else elem_bytes * d * k1
 
 
@@ -173,5 +172,6 @@ def fused_sampled_cross_entropy(h: torch.Tensor, table: torch.Tensor, pos_codes:
     The FLOP accounting counts the objective's K+1 candidates either way (model FLOPs, not hardware FLOPs)."""
     n_items, k1 = table.shape[0] - 1, neg_codes.shape[1] + 1
     dense = dense_route(n_items, k1) if dense is None else dense
-    chunk = chunk or chunk_rows(sampled_row_bytes(n_items, k1, table.shape[1], table.element_size(), dense), h.device)
+    row_bytes = sampled_row_bytes(n_items, k1, table.shape[1], _matmul_dtype(h).itemsize, dense)
+    chunk = chunk or chunk_rows(row_bytes, h.device)
     return _FusedSampledCE.apply(h, table, pos_codes, neg_codes, log_q, correct, dense, chunk)

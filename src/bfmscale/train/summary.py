@@ -17,7 +17,7 @@ def format_summary(res: RunResult) -> str:
         f"time: {i['train_time']:.1f} s train + {i['eval_time']:.1f} s eval on {i['device']} ({i['precision']}, "
         f"{i['threads']} threads): {i['tokens_per_s']:,.0f} tokens/s, {i['flops_per_s'] / 1e9:.1f} GFLOP/s",
         f"memory: peak {i['peak_memory_bytes'] / 2**20:,.0f} MiB "
-        f"({'process RSS' if i['device'].startswith('cpu') else 'tensors allocated'}; training tensors estimated at "
+        f"({'tensors allocated' if i['device'].startswith('cuda') else 'process RSS'}; training tensors estimated at "
         f"{i['memory_estimate_bytes'] / 2**20:,.0f} MiB)",
         "",
         f"{'split':<6} {'HR@10':>7} {'NDCG@10':>8} {'HR@50':>7} {'NDCG@50':>8} {'MRR':>7} {'CE':>7}",
