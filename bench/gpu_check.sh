@@ -14,7 +14,7 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" \
   | tee -a "$out/gpu.txt"
-timeout 150 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_fused_ce.py tests/test_negatives.py \
+timeout 150 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_fused_ce.py tests/test_negatives.py tests/test_model.py \
   tests/test_train.py 2>&1 | tail -15 | tee -a "$out/gpu.txt"
 timeout "${1:-300}" python3 bench/train_throughput.py --d-models 1024,256,64 --batch-size 128 --steps 6 \
   2>&1 | tee "$out/throughput.log"

@@ -186,6 +186,28 @@ def test_cpu_bf16_attention_beyond_max_ratio_is_fp32_flash():
     assert q.grad is not None and q.grad.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_sdpa_matches_fp64_attention_without_cudnn(device, masked):
+    """`sdpa` is attention (causal, or one query per row under a boolean mask) within bf16 rounding of fp64, and on
+    CUDA it launches no cuDNN attention kernel and leaves the process's backend switches as they were."""
+    torch.manual_seed(0)
+    t = 37
+    q = torch.randn(4, 2, 1 if masked else t, 32, device=device, dtype=torch.bfloat16)
+    k, v = (torch.randn(4, 2, t, 32, device=device, dtype=torch.bfloat16) for _ in range(2))
+    kw = {"is_causal": True}
+    if masked:
+        seen = torch.arange(t, device=device) <= torch.tensor([0, 5, 20, 36], device=device).unsqueeze(1)
+        kw = {"attn_mask": seen[:, None, None, :]}
+    flags = torch.backends.cuda.cudnn_sdp_enabled()
+    with torch.profiler.profile() as prof:
+        out = transformer.sdpa(q, k, v, **kw)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), **kw)
+    err = ((out.double() - ref).norm() / ref.norm()).item()
+    assert out.dtype == torch.bfloat16 and err < 1e-2  # a wrong mask or scale gives errors of order 1
+    assert not any("cudnn" in e.name.lower() for e in prof.events())
+    assert torch.backends.cuda.cudnn_sdp_enabled() == flags
+
+
 @pytest.mark.parametrize("objective", ["full", "sampled"])
 def test_feature_step_embeds_items_once(ds, objective, monkeypatch):
     """A window shorter than the catalog still takes one embedder pass when its candidates need the whole table

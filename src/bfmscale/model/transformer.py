@@ -1,5 +1,5 @@
 """Contextualizer: pre-norm decoder-only transformer with learned positions and causal attention (SDPA; explicit
-bf16 math on CPU for short windows, see `causal_attention`).
+bf16 math on CPU for short windows, see `causal_attention`; no cuDNN attention on CUDA, see `sdpa`).
 
 Sequences are right-padded, so with causal attention a real position never attends to padding: a user's outputs do
 not depend on batch composition or padding length. Attention has no dropout (SDPA stays on its fused kernel and the
@@ -11,12 +11,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bfmscale.config import ModelConfig
 from bfmscale.model.dropout import Dropout
 
 
 EXPLICIT_ATTENTION_MAX_RATIO = 4  # CPU bf16: explicit attention while T <= this x d_head (measured faster there)
+# CUDA: SDPA's own choice among these, never cuDNN attention (it builds an execution plan for each new shape, and
+# our batches change width: bench/logs/2026-11-26-h100-ab-cudnn-attention.log)
+CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """F.scaled_dot_product_attention, on CUDA without the cuDNN backend: torch 2.11 picks it first on an H100,
+    and its per-shape plan costs 0.1-1.5 s for each batch width that length-bucketed training and length-sorted
+    evaluation meet (a 2e13-FLOP SASRec run: 2.8-3.1x training time, 9-20x evaluation time; steady state equal)."""
+    if q.device.type != "cuda":
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    with sdpa_kernel(CUDA_SDPA_BACKENDS):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -26,7 +40,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     its [T, T] scores small next to the matmuls (bench/logs/2026-11-26-xeon-amx-ab-explicit-attention.log). Its
     scores are rounded to bf16 like any autocast matmul output; the softmax accumulates in fp32."""
     if q.device.type != "cpu" or q.dtype != torch.bfloat16:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return sdpa(q, k, v, is_causal=True)
     b, h, t, dh = q.shape
     with torch.autocast("cpu", enabled=False):
         if t > EXPLICIT_ATTENTION_MAX_RATIO * dh:
@@ -65,7 +79,7 @@ class Block(nn.Module):
             y = causal_attention(q, k, v)
         else:  # one query per row: attends to keys 0..last
             seen = torch.arange(t, device=x.device) <= last.unsqueeze(1)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=seen[:, None, None, :])
+            y = sdpa(q, k, v, attn_mask=seen[:, None, None, :])
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, -1, d)))
         return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
 

@@ -28,6 +28,7 @@ RUN_FORMAT = 6  # 2: CPU dropout masks from raw random bits, fp32 attention unde
 # 5: dense sampled CE sums per-code gradients in fp32 (bf16: rounded once); CPU negatives drawn in seeded row
 # blocks; popularity negatives by the alias method; 6: evaluation batches users by window length and runs the
 # final block for each user's last position only (float-level differences); fused CEs' chunks of 256 MiB off the CPU
+# (not bumped for CUDA attention without cuDNN: a kernel choice, like a torch upgrade; CPU results bit-identical)
 
 STATES = ("pending", "running", "done", "failed")
 
