@@ -2,7 +2,7 @@
 # The GPU checks, as one call on a lent GPU machine (its own python3 with CUDA torch; data/prepared/ml-1m carried):
 # the CUDA cases of the device-parametrized tests (`pytest -m cuda`), the training-throughput grid in bf16 and fp32
 # up to d_model=1024 (MFU against the card's matmul peak measured in the same run), then SASRec-size training runs
-# on CUDA with precision `auto` (bf16) and their test metrics: the README's quality configuration (full softmax,
+# on CUDA with precision `auto` (bf16) and their test metrics: the quality configuration of bench/README.md (full softmax,
 # 1e14 FLOPs) and the sampled objective (K=128, 3e13 FLOPs) with uniform and with popularity negatives.
 # Logs go to $OUT (or results/gpu).
 # Usage: bash bench/gpu_check.sh [grid seconds] [full-softmax run seconds] [each sampled run seconds]
