@@ -1,0 +1,60 @@
+"""The benches keep running: bench/train_throughput.py's whole grid on a tiny synthetic dataset, and the script
+bench/vs_recbole.py hands to the peer's interpreter parses. Figures are not checked here (benches are not tests)."""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from synthetic import make_prepared
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture
+def bench_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCH))
+
+
+ROW = re.compile(r"^\s*(\d+)\s+(\d)\s+(\d+)\s+(\w+)\s+(id|features)\s+(fp32|bf16)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)%\s+([\d.]+)%$")
+
+
+def test_train_throughput_prints_every_configuration(tmp_path, monkeypatch, capsys, bench_modules):
+    import train_throughput
+
+    ds = make_prepared(tmp_path, n_users=6, n_items=40, min_len=205, max_len=230)  # full T=200 windows exist
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--prepared", str(ds.path), "--d-models", "16",
+                                      "--steps", "1", "--batch-size", "2", "--precisions", "fp32"])
+    train_throughput.main()
+    out = capsys.readouterr().out
+    assert "failed" not in out
+    assert re.search(r"^eval: 6 users ranked over 40 items", out, re.M)
+    rows = [m.groups() for m in map(ROW.match, out.splitlines()) if m]
+    expected = {(l, t, obj, emb) for l in ("2", "4") for t in ("50", "200")
+                for obj in train_throughput.OBJECTIVES for emb in ("id", "features")}
+    assert {(r[1], r[2], r[3], r[4]) for r in rows} == expected and len(rows) == len(expected)
+    for r in rows:
+        assert float(r[6].replace(",", "")) > 0, r  # tokens/s
+        if r[3] == "full" and r[4] == "id":  # the full softmax executes the FLOPs the study charges (MFU = HFU)
+            assert math.isclose(float(r[8]), float(r[9]), abs_tol=0.15), r  # printed to 0.1 points
+    assert re.search(r"^matmul peak \(2048\^3\) at the end: fp32 [\d.]+ GFLOP/s$", out, re.M)
+
+
+def test_train_throughput_refuses_bf16_without_native_support(tmp_path, monkeypatch, bench_modules):
+    import train_throughput
+
+    ds = make_prepared(tmp_path, n_users=6, n_items=40, min_len=6, max_len=12)
+    monkeypatch.setattr(train_throughput, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--prepared", str(ds.path), "--precisions", "bf16"])
+    with pytest.raises(SystemExit, match="no native bf16"):
+        train_throughput.main()
+
+
+def test_vs_recbole_peer_script_parses(bench_modules):
+    import vs_recbole
+
+    compile(vs_recbole.PEER_SCRIPT, "<peer>", "exec")  # a SyntaxError here would only show after the peer's install
