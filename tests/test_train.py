@@ -12,7 +12,7 @@ import torch
 from bfmscale.config import load_run_config
 from bfmscale.errors import BfmError
 from bfmscale.train.data import build_sequences, eval_windows, gather, plan_epoch, train_windows
-from bfmscale.train.loop import train_run
+from bfmscale.train.loop import make_optimizer, train_run
 from bfmscale.train.schedule import lr_at
 from synthetic import make_prepared
 
@@ -98,6 +98,19 @@ def test_same_config_and_seed_same_metrics(ds, extra, device):
     assert a.metrics == b.metrics
     assert a.curve["loss"].tolist() == b.curve["loss"].tolist()
     assert a.curve["loss"].tolist() != c.curve["loss"].tolist()
+
+
+def test_optimizer_decays_linear_weights_only_and_fuses_on_cuda(device):
+    net = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)).to(device)
+    opt = make_optimizer(net, 1e-3, cfg("train.weight_decay=0.1").train)
+    decay, no_decay = opt.param_groups
+    assert [p is net[1].weight for p in decay["params"]] == [True] and decay["weight_decay"] == 0.1
+    assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0  # embedding, bias, norm weight and bias
+    assert bool(opt.defaults["fused"]) == (device.type == "cuda")
+    before = net[1].weight.detach().clone()
+    net(torch.tensor([1, 2], device=device)).square().sum().backward()
+    opt.step()
+    assert not torch.equal(before, net[1].weight)
 
 
 def test_training_learns_a_repeated_pattern(tmp_path):
