@@ -4,9 +4,10 @@ Grid: d_model x layers x T x objective (full softmax, sampled K=128, frozen embe
 features) x precision (fp32, bf16 when the device has it natively). Timed steps run the loop's own `train_step`.
 MFU divides the model FLOPs the study charges (`step_flops`: K+1 candidates per target, the feature MLP per lookup);
 HFU the FLOPs the step executes, counted by torch.utils.flop_counter on one step (the dense sampled route scores
-the whole catalog, the catalog route runs the MLP once per item). The peak is measured again at the end, to show
-the box's drift over the grid. Also: evaluation throughput (users/s, full-catalog ranking over ML-1M) of one fixed
-configuration.
+the whole catalog, the catalog route runs the MLP once per item). The peak is measured right before each row, in
+that row's precision (these boxes drift: one 2-core VM measured an fp32 peak of 196 GFLOP/s at the start of one
+grid and 126 at the start of another), and at the start and the end of the grid, to show the drift. Also:
+evaluation throughput (users/s, full-catalog ranking over ML-1M) of one fixed configuration.
 Needs data/prepared/ml-1m.
 
     .venv/bin/python bench/train_throughput.py --quick      # a small subset, ~6 minutes on 2 cores
@@ -125,6 +126,7 @@ def main() -> None:
     ap.add_argument("--d-models", default=None, help="comma list, e.g. 64,128,256 (GPU: up to 1024)")
     ap.add_argument("--compile", action="store_true", help="also time each config with torch.compile")
     ap.add_argument("--precisions", default=None, help="comma list of fp32, bf16 (default: both where bf16 is native)")
+    ap.add_argument("--peak-n", type=int, default=None, help="size n of the n^3 peak matmul (default 2048, GPU 8192)")
     args = ap.parse_args()
     device = resolve_device("auto")
     ds = load_prepared(args.prepared)
@@ -134,7 +136,7 @@ def main() -> None:
     precisions = args.precisions.split(",") if args.precisions else ["fp32"] + (["bf16"] if native_bf16 else [])
     if "bf16" in precisions and not native_bf16:
         raise SystemExit(f"--precisions: bf16 asked for, but {device} has no native bf16 (it would run ~20x slower)")
-    n = 8192 if device.type == "cuda" else 2048  # a GPU needs the larger product to reach its peak
+    n = args.peak_n or (8192 if device.type == "cuda" else 2048)  # a GPU needs the larger product to reach its peak
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     peaks = {p: matmul_peak(dtypes[p], device, n) for p in precisions}
     d_models = [int(x) for x in args.d_models.split(",")] if args.d_models else [64, 128, 256]
@@ -148,7 +150,7 @@ def main() -> None:
           ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
     eval_throughput(seqs, catalog, max(d_models), device)
     print(f"{'d':>5} {'L':>2} {'T':>4} {'objective':>11} {'embedder':>9} {'prec':>5} {'tokens/s':>10} {'GFLOP/s':>8} "
-          f"{'MFU':>6} {'HFU':>6}" + (f" {'compiled tok/s':>15} {'speed-up':>9} {'compile s':>10}" if args.compile else ""))
+          f"{'MFU':>6} {'HFU':>6} {'peak':>7}" + (f" {'compiled tok/s':>15} {'speed-up':>9} {'compile s':>10}" if args.compile else ""))
     failed: list[str] = []
     for d, layers, t, obj, emb, prec in grid:
         mc = ModelConfig(embedder=emb, d_model=d, n_layers=layers, n_heads=max(1, d // 64), d_ff=4 * d, max_len=t,
@@ -156,6 +158,7 @@ def main() -> None:
         tc = TrainConfig(**OBJECTIVES[obj])
         amp = torch.bfloat16 if prec == "bf16" else None
         try:
+            peak = matmul_peak(dtypes[prec], device, n)  # the denominator, next to the row it divides
             run = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps)
         except RuntimeError as e:  # e.g. a GPU grid up to d=1024 outgrowing the card: say so, go on, fail at the end
             failed.append(f"{d} {layers} {t} {obj} {emb} {prec}: {type(e).__name__}: {str(e).splitlines()[0]}")
@@ -167,9 +170,9 @@ def main() -> None:
         if args.compile:
             comp = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps, compile=True)
             extra = f" {comp.tokens_per_s:>15,.0f} {comp.tokens_per_s / run.tokens_per_s:>8.2f}x {comp.warmup_s:>10.1f}"
-        mfu, hfu = (100 * f / 1e9 / peaks[prec] for f in (run.model_flops_per_s, run.hardware_flops_per_s))
+        mfu, hfu = (100 * f / 1e9 / peak for f in (run.model_flops_per_s, run.hardware_flops_per_s))
         print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5} {run.tokens_per_s:>10,.0f} "
-              f"{run.model_flops_per_s / 1e9:>8.1f} {mfu:>5.1f}% {hfu:>5.1f}%" + extra, flush=True)
+              f"{run.model_flops_per_s / 1e9:>8.1f} {mfu:>5.1f}% {hfu:>5.1f}% {peak:>7.0f}" + extra, flush=True)
     print(f"matmul peak ({n}^3) at the end: " +
           ", ".join(f"{p} {matmul_peak(dtypes[p], device, n):.1f} GFLOP/s" for p in precisions), flush=True)
     if failed:
