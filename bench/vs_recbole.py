@@ -35,7 +35,9 @@ from bfmscale.logging_setup import setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT / "bench" / ".peer"
-PEER_DEPS = ["numpy<2", "scipy", "pandas", "scikit-learn", "colorlog", "colorama", "texttable", "psutil", "tabulate",
+# pandas < 3: RecBole 1.2.1 fills missing values by chained in-place `fillna`, which pandas 3's copy-on-write turns into
+# a no-op (with a ChainedAssignmentError warning); ML-1M has no missing values, but the peer should run as written.
+PEER_DEPS = ["numpy<2", "scipy", "pandas<3", "scikit-learn", "colorlog", "colorama", "texttable", "psutil", "tabulate",
              "thop", "plotly", "tensorboard", "pyyaml", "tqdm"]
 
 PEER_SCRIPT = textwrap.dedent('''
