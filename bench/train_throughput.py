@@ -10,7 +10,7 @@ grid and 126 at the start of another), and at the start and the end of the grid,
 evaluation throughput (users/s, full-catalog ranking over ML-1M) of one fixed configuration.
 Needs data/prepared/ml-1m.
 
-    .venv/bin/python bench/train_throughput.py --quick      # a small subset, ~6 minutes on 2 cores
+    .venv/bin/python bench/train_throughput.py --quick      # a small subset, ~2 minutes on 2 cores
     .venv/bin/python bench/train_throughput.py              # the whole grid
     python bench/train_throughput.py --d-models 1024,256,64 --batch-size 128   # on a GPU (bench/gpu_check.sh)
 """
