@@ -1,5 +1,6 @@
-"""The benches keep running: bench/train_throughput.py's whole grid on a tiny synthetic dataset, and the script
-bench/vs_recbole.py hands to the peer's interpreter parses. Figures are not checked here (benches are not tests)."""
+"""The benches keep running: bench/train_throughput.py's whole grid and bench/envelope.py's sweep on tiny synthetic
+datasets, and the script bench/vs_recbole.py hands to the peer's interpreter parses. Figures are not checked here
+(benches are not tests)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,38 @@ def test_vs_recbole_peer_script_parses(bench_modules):
     import vs_recbole
 
     compile(vs_recbole.PEER_SCRIPT, "<peer>", "exec")  # a SyntaxError here would only show after the peer's install
+
+
+def test_envelope_times_an_isoflop_sweep_and_sizes_the_envelope(tmp_path, monkeypatch, capsys, bench_modules):
+    import envelope
+
+    ds = make_prepared(tmp_path, n_users=8, n_items=40)
+    monkeypatch.setattr(sys, "argv", ["envelope.py", "--prepared", str(ds.path.parent), "--dataset", ds.path.name,
+                                      "--budgets", "1e6,1e7", "--n-models", "2", "--workers", "1",
+                                      "--n-evals", "1", "--eval-users", "4", "--hours", "0.5"])
+    envelope.main()
+    out = capsys.readouterr().out
+    assert "train overrides {'n_evals': 1, 'eval_users': 4}" in out
+    n_runs = len(envelope.expand(envelope.design([1e6, 1e7], 2, ds.path.name, str(ds.path.parent))))
+    run_rows = re.findall(r"^\s*(1e\+0[67])\s+(\d+)\s+(\d+)\s+\d+\s+(\d+)\s.*\s(fp32|bf16)\s+[\d.e+-]+$", out, re.M)
+    assert len(run_rows) == n_runs and {r[0] for r in run_rows} == {"1e+06", "1e+07"}
+    assert all(int(r[3]) >= 1 for r in run_rows)  # steps
+    budget_rows = re.findall(r"^\s*(1e\+0[67])\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)$", out, re.M)
+    assert [r[0] for r in budget_rows] == ["1e+06", "1e+07"]
+    assert sum(int(r[1]) for r in budget_rows) == n_runs
+    for _, runs, mean_wall, share, in_envelope in budget_rows:
+        assert 0 < float(share) <= 1
+        expected = 1800 / float(mean_wall)  # one worker, half an hour; the mean is printed to 4 digits
+        assert abs(int(in_envelope) - expected) <= 1 + 1e-3 * expected
+    assert re.search(rf"^sweep wall \d+ s for \d+ run-seconds \({n_runs} runs, 0 already in the store\)", out, re.M)
+
+
+def test_envelope_budget_table_counts_runs_per_worker_hours(bench_modules):
+    import pandas as pd
+    from envelope import budget_table
+
+    runs = pd.DataFrame({"budget": [1e11, 1e11, 1e12], "wall_s": [10.0, 30.0, 100.0], "train_s": [5.0, 15.0, 80.0]})
+    table = budget_table(runs, workers=2, envelope_s=3600.0).set_index("budget")
+    assert table.loc[1e11, "runs"] == 2 and table.loc[1e11, "mean_wall_s"] == 20.0
+    assert table.loc[1e11, "train_share"] == 0.5 and table.loc[1e12, "train_share"] == 0.8
+    assert table.loc[1e11, "runs_in_envelope"] == 360 and table.loc[1e12, "runs_in_envelope"] == 72
