@@ -35,6 +35,7 @@ def test_yaml_file_and_overrides(tmp_path):
     ("model.colour=3", "model.colour"),
     ("trian.flops=3", "trian"),
     ("seed=-1", "seed"),
+    ("train.eval_users=0", "train.eval_users"),
 ])
 def test_bad_fields_are_named(override, field):
     with pytest.raises(BfmError) as err:

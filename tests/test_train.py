@@ -163,6 +163,18 @@ def test_compiled_run_matches_eager_and_checkpoint_loads(ds, tmp_path):
     train_run(cfg("train.n_evals=0", f"train.init_from={tmp_path / 'model.pt'}", "train.flops=1e6"), ds)
 
 
+def test_validation_curve_on_a_user_subset_leaves_training_and_final_metrics_alone(ds):
+    everyone = train_run(cfg("train.n_evals=2", "train.eval_users=null"), ds)
+    subset = train_run(cfg("train.n_evals=2", "train.eval_users=5"), ds)
+    at_least_all = train_run(cfg("train.n_evals=2", "train.eval_users=20"), ds)  # ds has 20 users
+    assert subset.metrics == everyone.metrics
+    assert subset.curve["loss"].tolist() == everyone.curve["loss"].tolist()
+    points = everyone.curve["valid_ce"].notna()
+    assert points.sum() == 2 and subset.curve["valid_ce"].notna().equals(points)
+    assert subset.curve.loc[points, "valid_ce"].tolist() != everyone.curve.loc[points, "valid_ce"].tolist()
+    assert at_least_all.curve.loc[points, "valid_ce"].tolist() == everyone.curve.loc[points, "valid_ce"].tolist()
+
+
 def test_adam_to_sgd_switch_changes_the_run(ds):
     a = train_run(cfg("train.n_evals=0"), ds)
     b = train_run(cfg("train.n_evals=0", "train.sgd_switch_frac=0.5", "train.sgd_lr=0.05"), ds)
