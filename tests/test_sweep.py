@@ -115,13 +115,28 @@ def test_sweep_runs_skips_done_and_collects(prepared, tmp_path):
     table = collect(configs, store)
     assert list(table["status"]) == ["done"] * 3
     for col in ("train.flops", "test_ndcg@10", "params.embedder", "params.transformer", "tokens", "epochs",
-                "wall_time", "peak_memory_bytes", "hr@10" if False else "valid_hr@10"):
+                "wall_time", "peak_memory_bytes", "valid_hr@10"):
         assert col in table.columns
     assert (table["flops"] <= table["train.flops"]).all()
     status = store_status(store)
     assert status.loc[0, "runs"] == 3 and status.loc[0, "sweep"] == "tiny"
     for k in store.keys():
         assert "done:" in (store.dir(k) / "run.log").read_text()
+
+
+def test_sweep_hands_the_executor_its_largest_budgets_first(prepared, tmp_path):
+    class Recorder:
+        def run(self, store, configs, sweep, on_finished):
+            self.order = [(c.train.flops, c.seed) for c in configs]
+            for c in configs:
+                on_finished(c, "done")
+
+    configs = expand(Design.from_dict(design_dict(prepared, seeds=[0, 1])))  # design order: seed, then budget
+    assert [(c.train.flops, c.seed) for c in configs][:3] == [(1e7, 0), (2e7, 0), (3e7, 0)]
+    executor = Recorder()
+    summary = run_sweep("tiny", configs, RunStore(tmp_path / "runs"), executor)
+    assert executor.order == [(3e7, 0), (3e7, 1), (2e7, 0), (2e7, 1), (1e7, 0), (1e7, 1)]  # ties keep design order
+    assert summary.done == 6
 
 
 def test_failing_run_is_recorded_and_others_finish(prepared, tmp_path):

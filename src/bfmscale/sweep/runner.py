@@ -1,4 +1,5 @@
-"""Run a sweep: skip done runs, re-queue missing / half-written / (optionally) failed ones, show progress by FLOPs."""
+"""Run a sweep: skip done runs, re-queue missing / half-written / (optionally) failed ones, largest budgets first,
+show progress by FLOPs."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class SweepSummary:
 
 
 def run_sweep(name: str, configs: list[RunConfig], store: RunStore, executor, retry_failed: bool = False) -> SweepSummary:
-    """Execute the runs of `configs` that the store lacks; the bar's ETA comes from FLOPs, not run counts."""
+    """Execute the runs of `configs` that the store lacks, largest FLOP budget first; the bar's ETA comes from
+    FLOPs, not run counts."""
     summary = SweepSummary(total=len(configs))
     todo = []
     for cfg in configs:
@@ -42,6 +44,9 @@ def run_sweep(name: str, configs: list[RunConfig], store: RunStore, executor, re
             summary.failed_keys.append(run_key(cfg))
         else:  # missing, pending, running (left by a killed sweep), or failed with retry
             todo.append(cfg)
+    # Largest budgets first (longest-processing-time order): parallel workers then end together, instead of one
+    # worker finishing the design's biggest runs alone while the others idle (designs list budgets ascending).
+    todo.sort(key=lambda c: -c.train.flops)
     total_flops = sum(c.train.flops for c in todo)
     log.info("sweep %s: %d runs, %d to do (%.3g FLOPs), %d done already", name, len(configs), len(todo), total_flops,
              summary.skipped)
