@@ -216,7 +216,7 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
     switch_step = int(tc.sgd_switch_frac * steps) if tc.sgd_switch_frac else None
     lr_scale = 1.0
     eval_users = None
-    if tc.eval_users and tc.eval_users < seqs.n_users:
+    if tc.eval_users is not None and tc.eval_users < seqs.n_users:  # validated >= 1
         eval_users = np.sort(np.random.default_rng(cfg.seed + 1).choice(seqs.n_users, tc.eval_users, replace=False))
     eval_at = {int(round(steps * (i + 1) / (tc.n_evals + 1))) - 1 for i in range(tc.n_evals)} if tc.n_evals else set()
     log_at = {int(steps * f) for f in np.arange(tc.log_every_frac, 1.0, tc.log_every_frac)}
