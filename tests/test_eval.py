@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bfmscale.config import ModelConfig
-from bfmscale.eval.ranking import evaluate, pessimistic_ranks, ranking_metrics
+from bfmscale.eval.ranking import evaluate, evaluate_splits, pessimistic_ranks, ranking_metrics
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog
 from bfmscale.train.data import build_sequences
@@ -93,3 +93,35 @@ def test_exclude_seen_never_worsens_rank_and_keeps_target(setup):
         hist = set(seqs.items[seqs.offsets[u] : seqs.offsets[u + 1] - 1].tolist())
         target = int(seqs.items[seqs.offsets[u + 1] - 1])
         assert r_ex[u] <= 40 - len(hist - {target})
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_validation_and_test_in_shared_passes_equal_separate_ones(tmp_path, monkeypatch, exclude_seen):
+    """Users whose whole history fits the window are read once for both splits (validation from the position before
+    the last); every rank, CE and objective equals the one-split evaluations, in the order of `users`."""
+    from bfmscale.eval import ranking
+
+    ds = make_prepared(tmp_path, n_users=40, n_items=40, min_len=4, max_len=14)
+    seqs = build_sequences(ds)
+    torch.manual_seed(0)
+    model = BehaviorModel(ModelConfig(embedder="id", d_model=16, n_heads=2, n_layers=2, max_len=8, dropout=0.0),
+                          build_catalog(ds, 64), 0)
+    fits = seqs.lengths - 1 <= 8  # test window starts at the first event
+    assert fits.any() and (~fits).any()
+    users = np.random.default_rng(1).permutation(seqs.n_users)
+    objective = lambda h, catalog, tgt: (h @ catalog.T).amax(1) - h.sum(1)  # noqa: E731  any per-row function of h
+    kw = dict(exclude_seen=exclude_seen, users=users, objective=objective, batch_size=5)
+    rows = []
+    real = ranking.gather
+    monkeypatch.setattr(ranking, "gather", lambda s, w: rows.append(len(w)) or real(s, w))
+    both = evaluate_splits(model, seqs, ("valid", "test"), 8, torch.device("cpu"), **kw)
+    assert sum(rows) == seqs.n_users + (~fits).sum()  # one pass for those that fit, two for the others
+    for which in ("valid", "test"):
+        one = evaluate(model, seqs, which, 8, torch.device("cpu"), **kw)
+        a, b = both[which].per_user, one.per_user
+        assert a["user"].tolist() == b["user"].tolist() == (users + 1).tolist()
+        assert a["target"].tolist() == b["target"].tolist() and a["history"].tolist() == b["history"].tolist()
+        assert (a["rank"].to_numpy() == b["rank"].to_numpy()).all()
+        np.testing.assert_allclose(a["ce"], b["ce"], rtol=1e-5)
+        np.testing.assert_allclose(a["objective"], b["objective"], rtol=1e-5, atol=1e-6)
+        assert both[which].metrics == pytest.approx(one.metrics)

@@ -43,8 +43,9 @@ def test_outputs_do_not_depend_on_padding_or_batch(ds, embedder):
 
 @pytest.mark.parametrize("layers,amp", [(1, None), (2, None), (3, torch.bfloat16)])
 def test_context_at_last_positions_equals_the_full_pass(ds, layers, amp):
-    """`context(..., last)` (evaluation: the final block only for each row's last position) gives the full pass's
-    context vectors at those positions, for rows of different lengths, in fp32 and under bf16 autocast."""
+    """`context(..., last)` (evaluation: the final block only for each row's last position, or for Q positions per
+    row) gives the full pass's context vectors at those positions, for rows of different lengths, in fp32 and under
+    bf16 autocast."""
     mc = ModelConfig(embedder="features", d_model=32, n_heads=4, n_layers=layers, max_len=20, dropout=0.0)
     torch.manual_seed(0)
     model = BehaviorModel(mc, build_catalog(ds, mc.text_buckets), 1).eval()
@@ -55,9 +56,12 @@ def test_context_at_last_positions_equals_the_full_pass(ds, layers, amp):
     with torch.no_grad(), torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
         full = model.context(model.item_vectors(items), feats)
         at_last = model.context(model.item_vectors(items), feats, last)
-    assert at_last.shape == (3, 32)
+        pairs = torch.tensor([[9, 10], [3, 4], [0, 0]])  # two queries per row (shared validation and test pass)
+        at_pairs = model.context(model.item_vectors(items), feats, pairs)
+    assert at_last.shape == (3, 32) and at_pairs.shape == (3, 2, 32)
     tol = dict(rtol=1e-5, atol=1e-5) if amp is None else dict(rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(at_last.float(), full[torch.arange(3), last].float(), **tol)
+    torch.testing.assert_close(at_pairs.float(), full[torch.arange(3)[:, None], pairs].float(), **tol)
 
 
 def test_causal_future_does_not_change_past(ds):

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from bfmscale.model.bfm import BehaviorModel
-from bfmscale.train.data import Sequences, eval_windows, gather
+from bfmscale.train.data import Sequences, Windows, eval_windows, gather
 
 KS = (1, 5, 10, 20, 50)
 
@@ -48,48 +48,95 @@ class EvalResult:
     per_user: pd.DataFrame
 
 
+@dataclass
+class QueryGroup:
+    """Windows read in one pass each, with Q query positions per window and the split each query scores."""
+
+    users: np.ndarray  # [R] 0-based user rows
+    windows: Windows  # [R]
+    pos: np.ndarray  # [R, Q] positions in the window whose next event is a target
+    split: np.ndarray  # [R, Q] index into the splits asked for
+
+
+def query_groups(seqs: Sequences, max_len: int, splits: tuple[str, ...], users: np.ndarray) -> list[QueryGroup]:
+    """One query per (user, split), grouped into passes. With both 'valid' and 'test', a user whose test window
+    starts at the first event (history <= max_len) gets one pass over it: its valid window is that window minus its
+    last event, so under causal attention the position before the last gives the validation query exactly."""
+    wins = {s: eval_windows(seqs, max_len, s)[0] for s in splits}
+    shared = np.zeros(len(users), dtype=bool)
+    groups = []
+    if "valid" in wins and "test" in wins:
+        valid, test = wins["valid"], wins["test"]
+        shared = valid.starts[users] == test.starts[users]
+        u = users[shared]
+        tw = test.subset(u)
+        groups.append(QueryGroup(u, tw, np.stack([tw.lengths - 2, tw.lengths - 1], 1),
+                                 np.broadcast_to(np.array([splits.index("valid"), splits.index("test")]), (len(u), 2))))
+    for i, s in enumerate(splits):
+        u = users[~shared]
+        w = wins[s].subset(u)
+        groups.append(QueryGroup(u, w, (w.lengths - 1)[:, None], np.full((len(u), 1), i)))
+    return [g for g in groups if len(g.users)]
+
+
 @torch.no_grad()
-def evaluate(model: BehaviorModel, seqs: Sequences, which: str, max_len: int, device: torch.device,
-             batch_size: int = 256, exclude_seen: bool = False, users: np.ndarray | None = None,
-             objective: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-             autocast_dtype: torch.dtype | None = None) -> EvalResult:
-    """Rank every item for each user's validation or test target; `objective(h, catalog, targets)` gives the
-    training objective's own per-row loss. Batches take users in order of window length (a batch is padded to
-    its longest: at T=200 on ML-1M, 54% of the positions of batches in user order are real, 97% sorted); rows
-    come back in `users` order."""
+def evaluate_splits(model: BehaviorModel, seqs: Sequences, splits: tuple[str, ...], max_len: int,
+                    device: torch.device, batch_size: int = 256, exclude_seen: bool = False,
+                    users: np.ndarray | None = None,
+                    objective: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                    autocast_dtype: torch.dtype | None = None) -> dict[str, EvalResult]:
+    """Rank every item for each user's target in each of `splits` ('valid', 'test'); `objective(h, catalog,
+    targets)` gives the training objective's own per-row loss. Passes are shared where exact (`query_groups`) and
+    batched by window length (at T=200 on ML-1M, 54% of the positions of batches in user order are real, 97%
+    sorted); each split's rows come back in `users` order."""
     was_training = model.training
     model.eval()
-    windows, targets = eval_windows(seqs, max_len, which)
     users = np.arange(seqs.n_users) if users is None else np.asarray(users)
-    by_length = np.argsort(windows.lengths[users], kind="stable")
     catalog = model.catalog_vectors().float()
     temp = model.cfg.temperature
     rows = []
-    for c in range(0, len(users), batch_size):
-        u = users[by_length[c : c + batch_size]]
-        win = windows.subset(u)
-        items, feats = gather(seqs, win)
-        items = items.to(device)
-        feats = feats.to(device) if feats is not None else None
-        tgt = targets[torch.from_numpy(u)].to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            last = model.context(model.item_vectors(items), feats, torch.from_numpy(win.lengths - 1).to(device))
-        last = last.float()
-        scores = (last / temp if temp != 1.0 else last) @ catalog.T
-        ce = torch.logsumexp(scores, 1) - scores.gather(1, (tgt - 1).unsqueeze(1)).squeeze(1)
-        obj = objective(last, catalog, tgt) if objective is not None else ce
-        if exclude_seen:
-            scores = mask_seen(scores, seqs, u, windows.starts[u] + windows.lengths[u], tgt)
-        ranks = pessimistic_ranks(scores, tgt - 1)
-        rows.append(pd.DataFrame({"user": u + 1, "target": tgt.cpu().numpy(), "rank": ranks.cpu().numpy(),
-                                  "ce": ce.cpu().numpy(), "objective": obj.float().cpu().numpy(),
-                                  "history": seqs.offsets[u + 1] - seqs.offsets[u] - {"valid": 2, "test": 1}[which]}))
+    for g in query_groups(seqs, max_len, splits, users):
+        by_length = np.argsort(g.windows.lengths, kind="stable")
+        for c in range(0, len(g.users), batch_size):
+            b = by_length[c : c + batch_size]
+            u, win, pos = g.users[b], g.windows.subset(b), g.pos[b]
+            items, feats = gather(seqs, win)
+            items = items.to(device)
+            feats = feats.to(device) if feats is not None else None
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                h = model.context(model.item_vectors(items), feats, torch.from_numpy(pos).to(device))
+            h = h.float().reshape(-1, h.shape[-1])  # [R * Q, d], query-major within each row
+            target_idx = (win.starts[:, None] + pos + 1).ravel()
+            u = np.repeat(u, pos.shape[1])
+            tgt = seqs.items[torch.from_numpy(target_idx)].to(device)
+            scores = (h / temp if temp != 1.0 else h) @ catalog.T
+            ce = torch.logsumexp(scores, 1) - scores.gather(1, (tgt - 1).unsqueeze(1)).squeeze(1)
+            obj = objective(h, catalog, tgt) if objective is not None else ce
+            if exclude_seen:
+                scores = mask_seen(scores, seqs, u, target_idx, tgt)
+            ranks = pessimistic_ranks(scores, tgt - 1)
+            rows.append(pd.DataFrame({"user": u + 1, "target": tgt.cpu().numpy(), "rank": ranks.cpu().numpy(),
+                                      "ce": ce.cpu().numpy(), "objective": obj.float().cpu().numpy(),
+                                      "history": target_idx - seqs.offsets[u], "split": g.split[b].ravel()}))
     model.train(was_training)
-    per_user = pd.concat(rows, ignore_index=True).iloc[np.argsort(by_length)].reset_index(drop=True)
-    metrics = ranking_metrics(per_user["rank"].to_numpy())
-    metrics["ce"] = float(per_user["ce"].mean())
-    metrics["objective"] = float(per_user["objective"].mean())
-    return EvalResult(metrics=metrics, per_user=per_user)
+    order = np.empty(seqs.n_users, dtype=np.int64)
+    order[users] = np.arange(len(users))
+    all_rows = pd.concat(rows, ignore_index=True)
+    out = {}
+    for i, s in enumerate(splits):
+        part = all_rows[all_rows["split"] == i].drop(columns="split")
+        per_user = part.iloc[np.argsort(order[part["user"].to_numpy() - 1])].reset_index(drop=True)
+        metrics = ranking_metrics(per_user["rank"].to_numpy())
+        metrics["ce"] = float(per_user["ce"].mean())
+        metrics["objective"] = float(per_user["objective"].mean())
+        out[s] = EvalResult(metrics=metrics, per_user=per_user)
+    return out
+
+
+def evaluate(model: BehaviorModel, seqs: Sequences, which: str, max_len: int, device: torch.device,
+             **kwargs) -> EvalResult:
+    """`evaluate_splits` for one split ('valid' or 'test')."""
+    return evaluate_splits(model, seqs, (which,), max_len, device, **kwargs)[which]
 
 
 def mask_seen(scores: torch.Tensor, seqs: Sequences, users: np.ndarray, ends: np.ndarray,

@@ -56,6 +56,6 @@ class BehaviorModel(nn.Module):
 
     def context(self, item_vecs: torch.Tensor, event_features: torch.Tensor | None = None,
                 last: torch.Tensor | None = None) -> torch.Tensor:
-        """History item vectors [B, T, d] (+ event features) -> context vectors [B, T, d], or [B, d] at the
-        positions `last` only (evaluation: the final block's work for the other positions is skipped)."""
+        """History item vectors [B, T, d] (+ event features) -> context vectors [B, T, d], or only at the positions
+        `last`, [B] -> [B, d] or [B, Q] -> [B, Q, d] (evaluation: the final block skips the other positions)."""
         return self.contextualizer(self.embedder.events(item_vecs, event_features), last)

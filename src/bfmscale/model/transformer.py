@@ -66,20 +66,20 @@ class Block(nn.Module):
         self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, T, d] -> [B, T, d]; with `last` ([B] positions), only those rows' outputs -> [B, 1, d] (keys and
-        values still come from every position up to each row's `last`)."""
+        """[B, T, d] -> [B, T, d]; with `last` ([B, Q] positions), only those rows' outputs -> [B, Q, d] (keys and
+        values still come from every position up to each query's position)."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
         if last is not None:
-            rows = torch.arange(b, device=x.device)
-            x, q = x[rows, last].unsqueeze(1), q[rows, last].unsqueeze(1)
+            rows = torch.arange(b, device=x.device).unsqueeze(1)
+            x, q = x[rows, last], q[rows, last]
         q = q.view(b, -1, self.n_heads, d // self.n_heads).transpose(1, 2)
         k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (k, v))
         if last is None:
             y = causal_attention(q, k, v)
-        else:  # one query per row: attends to keys 0..last
-            seen = torch.arange(t, device=x.device) <= last.unsqueeze(1)
-            y = sdpa(q, k, v, attn_mask=seen[:, None, None, :])
+        else:  # Q queries per row: query j attends to keys 0..last[:, j]
+            seen = torch.arange(t, device=x.device) <= last.unsqueeze(-1)
+            y = sdpa(q, k, v, attn_mask=seen[:, None])
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, -1, d)))
         return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
 
@@ -104,10 +104,11 @@ class Contextualizer(nn.Module):
         nn.init.normal_(self.pos.weight, std=0.02)
 
     def forward(self, x: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, T, d] -> [B, T, d]; with `last` ([B] positions), the context vectors at those positions only, [B, d]:
-        the final block then runs its queries, MLP and output for those rows alone (evaluation)."""
+        """[B, T, d] -> [B, T, d]; with `last` ([B] or [B, Q] positions), the context vectors at those positions only,
+        [B, d] or [B, Q, d]: the final block then runs its queries, MLP and output for those rows alone (evaluation)."""
         x = self.drop(x + self.pos(torch.arange(x.shape[1], device=x.device)))
+        queries = None if last is None else last.reshape(x.shape[0], -1)
         for i, block in enumerate(self.blocks):
-            x = block(x, last if i == len(self.blocks) - 1 else None)
+            x = block(x, queries if i == len(self.blocks) - 1 else None)
         x = self.ln_f(x)
-        return x if last is None else x.squeeze(1)
+        return x if last is None else x.reshape(*last.shape, x.shape[-1])

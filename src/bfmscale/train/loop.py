@@ -19,7 +19,7 @@ from bfmscale.config import RunConfig, TrainConfig
 from bfmscale.data.dataset import PreparedDataset, load_prepared
 from bfmscale.device import resolve_device, resolve_precision
 from bfmscale.errors import BfmError
-from bfmscale.eval.ranking import evaluate
+from bfmscale.eval.ranking import evaluate, evaluate_splits
 from bfmscale.malloc import release_free_memory, tune_malloc
 from bfmscale.model.accounting import StepShape, embedder_share, param_counts, seed002_params, step_flops
 from bfmscale.model.bfm import BehaviorModel
@@ -263,9 +263,9 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
     metrics: dict[str, float] = {"train_loss_final": float(np.mean([c["loss"] for c in curve[-max(1, steps // 20):]]))}
     per_user = []
     t_eval = time.perf_counter()
-    for which in ("valid", "test"):
-        res = evaluate(model, seqs, which, mc.max_len, device, exclude_seen=cfg.data.exclude_seen,
-                       objective=objective.eval_loss(), autocast_dtype=amp)
+    final = evaluate_splits(model, seqs, ("valid", "test"), mc.max_len, device, exclude_seen=cfg.data.exclude_seen,
+                            objective=objective.eval_loss(), autocast_dtype=amp)
+    for which, res in final.items():
         metrics.update({f"{which}_{k}": v for k, v in res.metrics.items()})
         per_user.append(res.per_user.assign(split=which))
     eval_time = time.perf_counter() - t_eval
