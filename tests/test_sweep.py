@@ -21,7 +21,7 @@ from bfmscale.model.catalog import build_catalog
 from bfmscale.sweep import store as store_mod
 from bfmscale.sweep.collect import collect, store_status
 from bfmscale.sweep.design import Design, expand, load_design, shape_for
-from bfmscale.sweep.executors import LocalExecutor, RayExecutor
+from bfmscale.sweep.executors import LocalExecutor, RayExecutor, make_executor
 from bfmscale.sweep.runner import run_sweep
 from bfmscale.sweep.store import RunStore, run_key
 from synthetic import make_prepared
@@ -177,7 +177,29 @@ def _table(configs, store):
     return collect(configs, store).set_index("key")[METRICS].sort_index()
 
 
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is `pid`, from Linux's /proc."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError):
+            continue
+        if int(ppid) == pid and state != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_sigkill_then_resume_equals_uninterrupted(prepared, tmp_path):
+    """A sweep killed with SIGKILL keeps its finished runs, its worker processes end instead of lingering as orphans,
+    and the resumed sweep equals an uninterrupted one."""
     d = design_dict(prepared, grid={"train.flops": [2e7, 3e7, 4e7, 5e7, 6e7, 7e7]})
     path = tmp_path / "design.yaml"
     path.write_text(yaml.safe_dump(d))
@@ -188,10 +210,17 @@ def test_sigkill_then_resume_equals_uninterrupted(prepared, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and sum(killed.is_done(run_key(c)) for c in configs) < 2:
         time.sleep(0.05)
+    kids = _children(proc.pid) if Path("/proc/self/stat").exists() else []
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = {run_key(c) for c in configs if killed.is_done(run_key(c))}
     assert 2 <= len(finished) < len(configs)
+    if Path("/proc/self/stat").exists() and make_executor("local").workers > 1:
+        assert kids, "expected the sweep's worker processes"
+        deadline = time.time() + 30
+        while time.time() < deadline and any(_alive(k) for k in kids):
+            time.sleep(0.1)
+        assert not [k for k in kids if _alive(k)], "worker processes outlived the killed sweep"
     mtimes = {k: (killed.dir(k) / "metrics.json").stat().st_mtime_ns for k in finished}
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert mtimes == {k: (killed.dir(k) / "metrics.json").stat().st_mtime_ns for k in finished}
@@ -244,8 +273,6 @@ def test_cli_sweep_strict_and_status(prepared, tmp_path, capsys):
 
 def test_local_executor_default_layout_is_one_single_threaded_worker_per_core(monkeypatch):
     """The measured default: a worker per core, one thread each; an explicit worker count shares the cores."""
-    from bfmscale.sweep.executors import LocalExecutor, make_executor
-
     monkeypatch.setattr("os.cpu_count", lambda: 4)
     assert make_executor("local") == LocalExecutor(workers=4, threads=1)
     assert make_executor("local", workers=1) == LocalExecutor(workers=1, threads=4)

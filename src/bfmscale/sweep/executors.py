@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from bfmscale.sweep.store import RunLog, RunStore, execute, run_key
 log = logging.getLogger(__name__)
 OnFinished = Callable[[RunConfig, str], None]
 _DATASETS: dict[str, PreparedDataset] = {}
+PARENT_POLL_S = 1.0  # how often a pool worker checks that the sweep process is alive
 
 
 def dataset_path(cfg: RunConfig) -> str:
@@ -48,6 +51,20 @@ def _worker_init(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _pool_worker_init(threads: int | None, sweep_pid: int) -> None:
+    """A pool worker's set-up: its torch threads, and a watch that ends it when the sweep process is gone (killed
+    with SIGKILL or by the OOM killer): a spawned worker holds its own end of the task queue, so it would otherwise
+    wait for work forever, or train on as an orphan beside the resumed sweep."""
+    _worker_init(threads)
+
+    def watch() -> None:
+        while os.getppid() == sweep_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)  # the run in progress stays 'running' in the store; the resumed sweep redoes it
+
+    threading.Thread(target=watch, name="bfmscale-sweep-watch", daemon=True).start()
+
+
 def _worker_run(root: str, cfg_dict: dict[str, Any], sweep: str) -> tuple[str, str]:
     cfg = RunConfig.from_dict(cfg_dict)
     return run_key(cfg), execute(RunStore(Path(root)), cfg, dataset_for(cfg), sweep)
@@ -66,8 +83,8 @@ class LocalExecutor:
             for cfg in configs:
                 on_finished(cfg, execute(store, cfg, dataset_for(cfg), sweep))
             return
-        with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_worker_init,
-                                 initargs=(self.threads,)) as pool:
+        with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_pool_worker_init,
+                                 initargs=(self.threads, os.getpid())) as pool:
             pending = {pool.submit(_worker_run, str(store.root), c.to_dict(), sweep): c for c in configs}
             try:
                 while pending:
