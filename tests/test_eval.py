@@ -125,3 +125,10 @@ def test_validation_and_test_in_shared_passes_equal_separate_ones(tmp_path, monk
         np.testing.assert_allclose(a["ce"], b["ce"], rtol=1e-5)
         np.testing.assert_allclose(a["objective"], b["objective"], rtol=1e-5, atol=1e-6)
         assert both[which].metrics == pytest.approx(one.metrics)
+
+
+@pytest.mark.parametrize("splits", [(), ("train",), ("test", "test")])
+def test_unknown_or_repeated_splits_are_refused(setup, splits):
+    model, seqs = setup
+    with pytest.raises(ValueError, match="expected 'valid' and/or 'test'"):
+        evaluate_splits(model, seqs, splits, 8, torch.device("cpu"))

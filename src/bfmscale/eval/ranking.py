@@ -62,6 +62,8 @@ def query_groups(seqs: Sequences, max_len: int, splits: tuple[str, ...], users: 
     """One query per (user, split), grouped into passes. With both 'valid' and 'test', a user whose test window
     starts at the first event (history <= max_len) gets one pass over it: its valid window is that window minus its
     last event, so under causal attention the position before the last gives the validation query exactly."""
+    if not splits or len(set(splits)) != len(splits) or not set(splits) <= {"valid", "test"}:
+        raise ValueError(f"evaluation splits {splits!r}: expected 'valid' and/or 'test', each once")
     wins = {s: eval_windows(seqs, max_len, s)[0] for s in splits}
     shared = np.zeros(len(users), dtype=bool)
     groups = []
@@ -105,7 +107,7 @@ def evaluate_splits(model: BehaviorModel, seqs: Sequences, splits: tuple[str, ..
             feats = feats.to(device) if feats is not None else None
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 h = model.context(model.item_vectors(items), feats, torch.from_numpy(pos).to(device))
-            h = h.float().reshape(-1, h.shape[-1])  # [R * Q, d], query-major within each row
+            h = h.float().reshape(-1, h.shape[-1])  # [R * Q, d]: row by row, each row's Q queries in order
             target_idx = (win.starts[:, None] + pos + 1).ravel()
             u = np.repeat(u, pos.shape[1])
             tgt = seqs.items[torch.from_numpy(target_idx)].to(device)
