@@ -151,7 +151,7 @@ def test_item_table_rows_are_item_vectors(ds, embedder):
 
 
 def test_cpu_bf16_attention_is_explicit_and_causal():
-    """Under CPU bf16 autocast and T <= EXPLICIT_ATTENTION_MAX_RATIO x d_head, attention is explicit bf16 math: as
+    """Under CPU bf16 autocast and T <= 4 d_head (explicit on any CPU kind), attention is explicit bf16 math: as
     close to fp64 as torch's own bf16 kernel, causal, with bf16 gradients that match fp64's."""
     torch.manual_seed(0)
     q, k, v = (torch.randn(3, 40, 2, 16).bfloat16().requires_grad_() for _ in range(3))
@@ -176,10 +176,25 @@ def test_cpu_bf16_attention_is_explicit_and_causal():
     assert torch.equal(out2[:, :, :25], out.detach()[:, :, :25]) and not torch.equal(out2[:, :, 25:], out[:, :, 25:])
 
 
-def test_cpu_bf16_attention_beyond_max_ratio_is_fp32_flash():
-    """Past T = EXPLICIT_ATTENTION_MAX_RATIO x d_head (where [T, T] scores grow costly) CPU bf16 attention is fp32
-    flash on the bf16 inputs: exactly fp32 SDPA."""
-    t = transformer.EXPLICIT_ATTENTION_MAX_RATIO * 8 + 1
+def test_explicit_attention_rule_by_cpu_kind(monkeypatch):
+    """With AMX, explicit bf16 attention while T <= 4 d_head; without, while T <= 1024; never once the [B, heads, T, T]
+    scores would pass 2^27 elements."""
+    monkeypatch.setattr(transformer, "cpu_has_amx", lambda: True)
+    assert transformer.explicit_attention(8, 128, 32) and not transformer.explicit_attention(8, 129, 32)
+    assert transformer.explicit_attention(8, 256, 64) and not transformer.explicit_attention(8, 257, 64)
+    monkeypatch.setattr(transformer, "cpu_has_amx", lambda: False)
+    assert transformer.explicit_attention(8, 200, 32) and transformer.explicit_attention(8, 1024, 16)
+    assert not transformer.explicit_attention(8, 1025, 512)
+    assert transformer.explicit_attention(2**27 // 200**2, 200, 32)
+    assert not transformer.explicit_attention(2**27 // 200**2 + 1, 200, 32)
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_cpu_bf16_attention_past_the_explicit_rule_is_fp32_flash(monkeypatch, amx):
+    """Where the rule says no (longer windows; AMX or not) CPU bf16 attention is fp32 flash on the bf16 inputs:
+    exactly fp32 SDPA."""
+    monkeypatch.setattr(transformer, "cpu_has_amx", lambda: amx)
+    t = transformer.EXPLICIT_ATTENTION_MAX_RATIO * 8 + 1 if amx else transformer.EXPLICIT_ATTENTION_MAX_T + 1
     q, k, v = (torch.randn(2, 2, t, 8).bfloat16().requires_grad_() for _ in range(3))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = causal_attention(q, k, v)

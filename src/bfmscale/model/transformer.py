@@ -14,10 +14,14 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bfmscale.config import ModelConfig
+from bfmscale.device import cpu_has_amx
 from bfmscale.model.dropout import Dropout
 
 
-EXPLICIT_ATTENTION_MAX_RATIO = 4  # CPU bf16: explicit attention while T <= this x d_head (measured faster there)
+# CPU bf16 attention: explicit bf16 math (see `causal_attention`) or fp32 flash, by the CPU kind it was measured on.
+EXPLICIT_ATTENTION_MAX_RATIO = 4  # AMX: explicit while T <= this x d_head (Xeon: 0.90x of fp32 flash at d_head 32, T=200)
+EXPLICIT_ATTENTION_MAX_T = 1024  # no AMX: explicit up to here (AMD AVX512-BF16: 1.2-2.3x at T=128..1024, d_head 32, 64)
+EXPLICIT_ATTENTION_MAX_SCORES = 2**27  # and while a call's [B, heads, T, T] scores stay under 256 MiB of bf16
 # CUDA: SDPA's own choice among these, never cuDNN attention (it builds an execution plan for each new shape, and
 # our batches change width: bench/logs/2026-11-26-h100-ab-cudnn-attention.log)
 CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -33,17 +37,25 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.T
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
+def explicit_attention(rows: int, t: int, d_head: int) -> bool:
+    """Whether CPU bf16 attention over `rows` (batch x heads) windows of T positions is explicit bf16 math on this
+    CPU: with AMX while T <= 4 d_head, else while T <= 1024; either way while the scores fit 256 MiB."""
+    longest = EXPLICIT_ATTENTION_MAX_RATIO * d_head if cpu_has_amx() else EXPLICIT_ATTENTION_MAX_T
+    return t <= longest and rows * t * t <= EXPLICIT_ATTENTION_MAX_SCORES
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Causal attention over [B, heads, T, d_head]: SDPA's fused kernel, except for bf16 on CPU. There torch's flash
     kernel is slower in bf16 than in fp32 (1.2x at T=200, 2-4x at T=50), so fp32 flash runs on the bf16 inputs,
-    unless T <= 4 d_head: then explicit bf16 attention (scaled, masked QK^T in one baddbmm, softmax, PV) is faster,
-    its [T, T] scores small next to the matmuls (bench/logs/2026-11-26-xeon-amx-ab-explicit-attention.log). Its
-    scores are rounded to bf16 like any autocast matmul output; the softmax accumulates in fp32."""
+    unless `explicit_attention` says that explicit bf16 attention (scaled, masked QK^T in one baddbmm, softmax, PV) is
+    faster on this CPU (bench/logs/2026-11-26-xeon-amx-ab-explicit-attention.log, and
+    2026-11-27-amd-ab-explicit-attention-no-amx.log). Its scores are rounded to bf16 like any autocast matmul output;
+    the softmax accumulates in fp32."""
     if q.device.type != "cpu" or q.dtype != torch.bfloat16:
         return sdpa(q, k, v, is_causal=True)
     b, h, t, dh = q.shape
     with torch.autocast("cpu", enabled=False):
-        if t > EXPLICIT_ATTENTION_MAX_RATIO * dh:
+        if not explicit_attention(b * h, t, dh):
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
         future = torch.full((t, t), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
         q3, k3, v3 = (z.reshape(b * h, t, dh) for z in (q, k, v))
