@@ -18,6 +18,18 @@ def test_native_bf16_detected_from_cpu_capabilities(caps, native):
         assert dev.cpu_has_native_bf16() is native
 
 
+@pytest.mark.parametrize("caps,amx", [({"avx512_bf16": True}, False), ({"avx512_bf16": True, "amx_bf16": True}, True),
+                                      ({}, False)])
+def test_amx_detected_from_cpu_capabilities(caps, amx):
+    """AMX (which picks the CPU attention rule) is read from torch's flags; the answer is cached per process."""
+    dev.cpu_has_amx.cache_clear()
+    try:
+        with mock.patch.object(torch.cpu, "get_capabilities", return_value=caps, create=True):
+            assert dev.cpu_has_amx() is amx
+    finally:
+        dev.cpu_has_amx.cache_clear()
+
+
 @pytest.mark.parametrize("native,expected", [(False, None), (True, torch.bfloat16)])
 def test_auto_picks_bf16_only_on_a_cpu_with_native_bf16(native, expected):
     cpu = torch.device("cpu")

@@ -18,17 +18,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_capabilities() -> dict:
+    """torch's CPU feature flags ({} on builds without `torch.cpu.get_capabilities`)."""
+    return torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has AVX512-BF16 or AMX-BF16 (elsewhere bf16 is emulated and ~20x slower than fp32)."""
-    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    caps = cpu_capabilities()
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
 @functools.cache
 def cpu_has_amx() -> bool:
     """True when the CPU has AMX-BF16 tiles (kernel choices measured differently there, see `causal_attention`)."""
-    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    return bool(caps.get("amx_bf16"))
+    return bool(cpu_capabilities().get("amx_bf16"))
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
