@@ -252,3 +252,22 @@ def test_memory_estimate_holds_the_fused_ce_chunks_not_all_logits():
     assert logits(10 * fit, cpu) == logits(100 * fit, cpu) == logits(fit, cpu) < logits(100 * fit, gpu)
     assert logits(100, cpu, "train.objective=sampled", "train.n_negatives=1023") == 3 * 100 * 4 * (n_items + 1)
     assert logits(100, cpu, "train.objective=sampled", "train.n_negatives=63") == 3 * 100 * 4 * 16 * 64  # d=16
+
+
+def test_memory_estimate_counts_explicit_attention_probabilities(monkeypatch):
+    """Where CPU bf16 attention is explicit, the estimate adds each layer's saved [B, heads, T, T] bf16 probabilities
+    and one layer's scores; with fp32, on a GPU, or where the rule picks flash, nothing."""
+    from bfmscale.model import transformer
+    from bfmscale.model.accounting import StepShape
+    from bfmscale.train.loop import memory_estimate_bytes
+
+    run = cfg("model.n_layers=3", "model.n_heads=2", "model.d_model=64")
+    shape = StepShape(16, 200, 3000)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    est = {}
+    for amx in (True, False):  # d_head 32, T=200: flash with AMX (T > 4 d_head), explicit without
+        monkeypatch.setattr(transformer, "cpu_has_amx", lambda amx=amx: amx)
+        est[amx] = {(b, d.type): memory_estimate_bytes(1000, shape, run, 100, b, d) for b in (2, 4) for d in (cpu, gpu)}
+    assert est[False][(2, "cpu")] - est[True][(2, "cpu")] == 2 * (3 + 1) * 16 * 2 * 200 * 200
+    for key in ((4, "cpu"), (2, "cuda"), (4, "cuda")):
+        assert est[False][key] == est[True][key]

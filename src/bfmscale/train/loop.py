@@ -24,6 +24,7 @@ from bfmscale.malloc import release_free_memory, tune_malloc
 from bfmscale.model.accounting import StepShape, embedder_share, param_counts, seed002_params, step_flops
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog
+from bfmscale.model.transformer import explicit_attention
 from bfmscale.train import fused_ce
 from bfmscale.train.data import Sequences, Windows, build_sequences, gather, plan_epoch, train_windows
 from bfmscale.train.negatives import NegativeSampler
@@ -144,11 +145,16 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 def memory_estimate_bytes(n_params: int, shape: StepShape, cfg: RunConfig, n_items: int, bytes_per: int,
                           device: torch.device) -> int:
-    """Rough analytic peak: fp32 weights, grads and two Adam moments, plus saved activations and the objective's
-    logits (the fused CEs' per-chunk tensors, chunked as on `device`; in-batch: all [N, M] logits)."""
+    """Rough analytic peak: fp32 weights, grads and two Adam moments, plus saved activations (with the [T, T]
+    attention probabilities where CPU bf16 attention is explicit) and the objective's logits (the fused CEs'
+    per-chunk tensors, chunked as on `device`; in-batch: all [N, M] logits)."""
     m, tc = cfg.model, cfg.train
     acts = bytes_per * m.n_layers * shape.batch * shape.seq_len * (16 * m.d_model + 2 * m.d_ff)
     acts += bytes_per * m.n_layers * shape.batch * m.n_heads * shape.seq_len  # SDPA log-sum-exp
+    rows = shape.batch * m.n_heads
+    if device.type == "cpu" and bytes_per == 2 and explicit_attention(rows, shape.seq_len, m.d_model // m.n_heads):
+        acts += 2 * (m.n_layers + 1) * rows * shape.seq_len**2  # explicit bf16 attention: each layer's saved
+        # probabilities, and one layer's scores while they are made
     if tc.objective == "full":
         logits = fused_ce.working_bytes(shape.targets, 4 * n_items, device)
     elif tc.objective == "sampled":
