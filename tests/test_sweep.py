@@ -177,24 +177,28 @@ def _table(configs, store):
     return collect(configs, store).set_index("key")[METRICS].sort_index()
 
 
+def _state_and_parent(stat: Path) -> tuple[str, int] | None:
+    """A process's state letter and parent pid from its /proc/<pid>/stat (Linux), or None once it is gone."""
+    try:
+        state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+    except (OSError, IndexError):
+        return None
+    return state, int(ppid)
+
+
 def _children(pid: int) -> list[int]:
-    """Live (not zombie) processes whose parent is `pid`, from Linux's /proc."""
+    """Live (not zombie) processes whose parent is `pid`."""
     kids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
-        except (OSError, IndexError):
-            continue
-        if int(ppid) == pid and state != "Z":
+        info = _state_and_parent(stat)
+        if info is not None and info[1] == pid and info[0] != "Z":
             kids.append(int(stat.parent.name))
     return kids
 
 
 def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    info = _state_and_parent(Path(f"/proc/{pid}/stat"))
+    return info is not None and info[0] != "Z"
 
 
 def test_sigkill_then_resume_equals_uninterrupted(prepared, tmp_path):

@@ -55,7 +55,7 @@ class QueryGroup:
     users: np.ndarray  # [R] 0-based user rows
     windows: Windows  # [R]
     pos: np.ndarray  # [R, Q] positions in the window whose next event is a target
-    split: np.ndarray  # [R, Q] index into the splits asked for
+    split: tuple[int, ...]  # [Q] the split (index into those asked for) that each query column scores
 
 
 def query_groups(seqs: Sequences, max_len: int, splits: tuple[str, ...], users: np.ndarray) -> list[QueryGroup]:
@@ -68,16 +68,14 @@ def query_groups(seqs: Sequences, max_len: int, splits: tuple[str, ...], users: 
     shared = np.zeros(len(users), dtype=bool)
     groups = []
     if "valid" in wins and "test" in wins:
-        valid, test = wins["valid"], wins["test"]
-        shared = valid.starts[users] == test.starts[users]
-        u = users[shared]
-        tw = test.subset(u)
-        groups.append(QueryGroup(u, tw, np.stack([tw.lengths - 2, tw.lengths - 1], 1),
-                                 np.broadcast_to(np.array([splits.index("valid"), splits.index("test")]), (len(u), 2))))
+        shared = wins["valid"].starts[users] == wins["test"].starts[users]
+        tw = wins["test"].subset(users[shared])
+        groups.append(QueryGroup(users[shared], tw, np.stack([tw.lengths - 2, tw.lengths - 1], 1),
+                                 (splits.index("valid"), splits.index("test"))))
+    rest = users[~shared]
     for i, s in enumerate(splits):
-        u = users[~shared]
-        w = wins[s].subset(u)
-        groups.append(QueryGroup(u, w, (w.lengths - 1)[:, None], np.full((len(u), 1), i)))
+        w = wins[s].subset(rest)
+        groups.append(QueryGroup(rest, w, (w.lengths - 1)[:, None], (i,)))
     return [g for g in groups if len(g.users)]
 
 
@@ -119,7 +117,7 @@ def evaluate_splits(model: BehaviorModel, seqs: Sequences, splits: tuple[str, ..
             ranks = pessimistic_ranks(scores, tgt - 1)
             rows.append(pd.DataFrame({"user": u + 1, "target": tgt.cpu().numpy(), "rank": ranks.cpu().numpy(),
                                       "ce": ce.cpu().numpy(), "objective": obj.float().cpu().numpy(),
-                                      "history": target_idx - seqs.offsets[u], "split": g.split[b].ravel()}))
+                                      "history": target_idx - seqs.offsets[u], "split": np.tile(g.split, len(b))}))
     model.train(was_training)
     order = np.empty(seqs.n_users, dtype=np.int64)
     order[users] = np.arange(len(users))
