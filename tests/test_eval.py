@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from bfmscale.config import ModelConfig
+from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.eval.ranking import evaluate, evaluate_splits, pessimistic_ranks, ranking_metrics
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog
 from bfmscale.train.data import build_sequences
+from bfmscale.train.negatives import NegativeSampler
+from bfmscale.train.step import Objective
 from synthetic import make_prepared
 
 
@@ -109,7 +111,7 @@ def test_validation_and_test_in_shared_passes_equal_separate_ones(tmp_path, monk
     fits = seqs.lengths - 1 <= 8  # test window starts at the first event
     assert fits.any() and (~fits).any()
     users = np.random.default_rng(1).permutation(seqs.n_users)
-    objective = lambda h, catalog, tgt: (h @ catalog.T).amax(1) - h.sum(1)  # noqa: E731  any per-row function of h
+    objective = lambda h, catalog, tgt, keys: (h @ catalog.T).amax(1) - h.sum(1)  # noqa: E731  a per-row function
     kw = dict(exclude_seen=exclude_seen, users=users, objective=objective, batch_size=5)
     rows = []
     real = ranking.gather
@@ -132,3 +134,59 @@ def test_unknown_or_repeated_splits_are_refused(setup, splits):
     model, seqs = setup
     with pytest.raises(ValueError, match="expected 'valid' and/or 'test'"):
         evaluate_splits(model, seqs, splits, 8, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def shared_setup(tmp_path_factory):
+    """Users of whom some share one pass for validation and test (history fits the window) and some do not."""
+    ds = make_prepared(tmp_path_factory.mktemp("shared"), n_users=40, n_items=40, min_len=4, max_len=14)
+    seqs = build_sequences(ds)
+    torch.manual_seed(0)
+    catalog = build_catalog(ds, 64)
+    model = BehaviorModel(ModelConfig(embedder="id", d_model=16, n_heads=2, max_len=8, dropout=0.0), catalog, 0)
+    return model, seqs, catalog
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "popularity"])
+def test_sampled_objective_is_a_function_of_the_user_alone(shared_setup, sampler):
+    """The sampled objective's fixed negatives go with the target, not the row's place: a user's value is the same
+    at any batch size, in a shared or a one-split pass, among any users evaluated, and for any training seed."""
+    model, seqs, catalog = shared_setup
+    tc = TrainConfig(objective="sampled", n_negatives=16, sampler=sampler)
+
+    def objective(seed: int):
+        return Objective(tc, NegativeSampler(sampler, catalog.n_items, catalog.popularity),
+                         torch.Generator().manual_seed(seed)).eval_loss()
+
+    cpu = torch.device("cpu")
+    users = np.random.default_rng(2).permutation(seqs.n_users)
+    ref = evaluate_splits(model, seqs, ("valid", "test"), 8, cpu, batch_size=1, users=users, objective=objective(0))
+    for which in ("valid", "test"):
+        want = ref[which].per_user.set_index("user")["objective"]
+        assert want.std() > 0
+        for kw in (dict(batch_size=7), dict(batch_size=1000, users=users[::3])):
+            got = evaluate(model, seqs, which, 8, cpu, objective=objective(5), **kw).per_user.set_index("user")
+            np.testing.assert_allclose(got["objective"], want[got.index], rtol=1e-5)
+    shared = evaluate_splits(model, seqs, ("valid", "test"), 8, cpu, batch_size=64, objective=objective(0))
+    np.testing.assert_allclose(shared["valid"].per_user["objective"],
+                               ref["valid"].per_user.set_index("user")["objective"][np.arange(1, seqs.n_users + 1)],
+                               rtol=1e-5)
+
+
+def test_inbatch_objective_sees_one_splits_rows_per_call(shared_setup):
+    """In a shared pass the in-batch objective is called per query column: each call's candidates are at most a
+    batch of one split's targets, as in a one-split pass (not twice as many, mixing both splits)."""
+    model, seqs, catalog = shared_setup
+    loss = Objective(TrainConfig(objective="inbatch"), NegativeSampler("uniform", catalog.n_items),
+                     torch.Generator().manual_seed(0)).eval_loss()
+    calls = []
+
+    def recording(h, cat, targets, keys):
+        calls.append(keys.numpy().copy())
+        return loss(h, cat, targets, keys)
+
+    res = evaluate_splits(model, seqs, ("valid", "test"), 8, torch.device("cpu"), batch_size=6, objective=recording)
+    valid_idx = set((seqs.offsets[1:] - 2).tolist())  # each user's validation target event
+    assert all(len(k) <= 6 and len({int(i) in valid_idx for i in k}) == 1 for k in calls)
+    assert sum(len(k) for k in calls) == 2 * seqs.n_users
+    assert np.isfinite(res["valid"].per_user["objective"]).all()

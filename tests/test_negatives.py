@@ -1,4 +1,4 @@
-"""Objectives: accidental-hit masking, logQ correction, in-batch candidates, sampler distributions."""
+"""Objectives: accidental-hit masking, logQ correction, in-batch candidates, sampler distributions, keyed draws."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from bfmscale.train import negatives
 from bfmscale.train.negatives import (DRAW_BLOCKS, HIT_MASK, NegativeSampler, alias_table, full_softmax_loss,
-                                      inbatch_logits, sampled_logits, sampled_softmax_loss)
+                                      inbatch_logits, keyed_uniforms, sampled_logits, sampled_softmax_loss)
 
 
 def test_accidental_hits_are_masked():
@@ -118,13 +118,17 @@ def test_alias_table_encodes_the_distribution_exactly(probs):
     torch.testing.assert_close(implied, p, rtol=1e-12, atol=1e-15)
 
 
-def test_popularity_draw_frequencies_follow_q(device):
-    """Alias-method popularity draws, on the generator's device: each item's frequency within 5 standard errors of
-    q = (count + 1) / sum, over probabilities from 0.1% to 86%; log q is their log."""
+@pytest.mark.parametrize("keyed", [False, True])
+def test_popularity_draw_frequencies_follow_q(device, keyed):
+    """Alias-method popularity draws, from a generator or keyed, on its device: each item's frequency within 5
+    standard errors of q = (count + 1) / sum, over probabilities from 0.1% to 86%; log q is their log."""
     pop = torch.tensor([0.0, 0, 2, 8, 26, 80, 728])  # weights 1, 3, 9, 27, 81, 729
     sampler = NegativeSampler("popularity", 6, pop)
-    draws = sampler.sample(40, 10_000, torch.Generator(device).manual_seed(0))
-    assert draws.device.type == device.type
+    if keyed:
+        draws = sampler.sample_keyed(torch.arange(40, device=device) * 1_000_003, 10_000)
+    else:
+        draws = sampler.sample(40, 10_000, torch.Generator(device).manual_seed(0))
+    assert draws.device.type == device.type and draws.shape == (40, 10_000)
     q = (pop[1:].double() + 1) / (pop[1:].double() + 1).sum()
     freq = torch.bincount(draws.view(-1).cpu(), minlength=7)[1:].double() / draws.numel()
     assert ((freq - q).abs() < 5 * (q * (1 - q) / draws.numel()).sqrt()).all(), (freq, q)
@@ -155,3 +159,47 @@ def test_sampler_draws_on_the_generators_device_and_copies_tables_once():
     assert first.device == meta and sampler.on("log_probs", meta) is first
     assert sampler.on("log_probs", torch.device("cpu")) is sampler.log_probs
     assert sampler.log_q(torch.tensor([1, 4])).device.type == "cpu"
+
+
+def _splitmix64(n: int, skip: int = 0) -> list[int]:
+    """Outputs skip + 1 .. skip + n of SplitMix64 seeded with 0, in Python's unbounded integers (the published
+    algorithm: the state advances by the golden-ratio increment, each output is its mix)."""
+    mask, out = 2**64 - 1, []
+    state = skip * 0x9E3779B97F4A7C15 & mask
+    for _ in range(n):
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(z ^ (z >> 31))
+    return out
+
+
+def test_keyed_uniforms_are_splitmix64_outputs(device):
+    """Row key, column j holds output key * k + j + 1 of SplitMix64 (its top 53 bits over 2**53), in int64 tensor ops
+    on any device: long rows (vectorized loops) and a key whose counters pass 2**32 (wrapping products)."""
+    k = 70
+    ref = _splitmix64(3 * k)
+    u = keyed_uniforms(torch.tensor([2, 0, 1], device=device), k).cpu()
+    assert u.dtype == torch.float64
+    assert (u * 2.0**53).long().flatten().tolist() == [x >> 11 for x in ref[2 * k :] + ref[:k] + ref[k : 2 * k]]
+    big = 2**32 // k + 5
+    u = keyed_uniforms(torch.tensor([big], device=device), k).cpu()
+    assert (u * 2.0**53).long().flatten().tolist() == [x >> 11 for x in _splitmix64(k, skip=big * k)]
+
+
+@pytest.mark.parametrize("kind", ["uniform", "popularity"])
+def test_keyed_draws_depend_on_each_rows_key_alone(kind):
+    """A row's negatives are the same whatever rows come with it (any batch, order or subset); other keys differ;
+    codes stay in 1..I and a uniform sampler covers every item evenly."""
+    sampler = NegativeSampler(kind, 10, torch.arange(11.0))
+    keys = torch.tensor([5, 17, 3, 900, 41])
+    draws = sampler.sample_keyed(keys, 64)
+    for i, key in enumerate(keys.tolist()):
+        assert torch.equal(sampler.sample_keyed(torch.tensor([key]), 64)[0], draws[i])
+    assert torch.equal(sampler.sample_keyed(keys.flip(0), 64), draws.flip(0))
+    assert len({tuple(r) for r in draws.tolist()}) == len(keys)
+    assert draws.min() >= 1 and draws.max() <= 10
+    if kind == "uniform":
+        many = sampler.sample_keyed(torch.arange(20), 10_000).view(-1)
+        freq = torch.bincount(many, minlength=11)[1:].double() / many.numel()
+        assert (freq - 0.1).abs().max() < 5 * math.sqrt(0.1 * 0.9 / many.numel())

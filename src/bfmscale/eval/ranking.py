@@ -79,14 +79,27 @@ def query_groups(seqs: Sequences, max_len: int, splits: tuple[str, ...], users: 
     return [g for g in groups if len(g.users)]
 
 
+# objective(h [N, d], catalog [I, d], targets [N] codes, keys [N] target event indices) -> per-row loss [N]
+RowLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def per_query(objective: RowLoss, h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor,
+              target_idx: np.ndarray, q: int) -> torch.Tensor:
+    """The objective's per-row loss on a batch's [R * Q] query rows (row-major), called once per query column so
+    that each call sees one split's rows, as in a pass without sharing (in-batch candidates stay one split's)."""
+    keys = torch.from_numpy(target_idx).to(h.device)
+    cols = [objective(h[i::q], catalog, targets[i::q], keys[i::q]) for i in range(q)]
+    return torch.stack(cols, 1).ravel()
+
+
 @torch.no_grad()
 def evaluate_splits(model: BehaviorModel, seqs: Sequences, splits: tuple[str, ...], max_len: int,
                     device: torch.device, batch_size: int = 256, exclude_seen: bool = False,
                     users: np.ndarray | None = None,
-                    objective: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                    objective: RowLoss | None = None,
                     autocast_dtype: torch.dtype | None = None) -> dict[str, EvalResult]:
     """Rank every item for each user's target in each of `splits` ('valid', 'test'); `objective(h, catalog,
-    targets)` gives the training objective's own per-row loss. Passes are shared where exact (`query_groups`) and
+    targets, keys)` gives the training objective's own per-row loss (keys: the targets' event indices). Passes are shared where exact (`query_groups`) and
     batched by window length (at T=200 on ML-1M, 54% of the positions of batches in user order are real, 97%
     sorted); each split's rows come back in `users` order."""
     was_training = model.training
@@ -111,7 +124,7 @@ def evaluate_splits(model: BehaviorModel, seqs: Sequences, splits: tuple[str, ..
             tgt = seqs.items[torch.from_numpy(target_idx)].to(device)
             scores = (h / temp if temp != 1.0 else h) @ catalog.T
             ce = torch.logsumexp(scores, 1) - scores.gather(1, (tgt - 1).unsqueeze(1)).squeeze(1)
-            obj = objective(h, catalog, tgt) if objective is not None else ce
+            obj = ce if objective is None else per_query(objective, h, catalog, tgt, target_idx, pos.shape[1])
             if exclude_seen:
                 scores = mask_seen(scores, seqs, u, target_idx, tgt)
             ranks = pessimistic_ranks(scores, tgt - 1)

@@ -22,7 +22,7 @@ from bfmscale.atomic import atomic_path, write_json
 from bfmscale.config import RunConfig
 
 # Bump whenever training or evaluation semantics change, so that stale results are never mixed with new ones.
-RUN_FORMAT = 8  # 2: CPU dropout masks from raw random bits, fp32 attention under CPU bf16 autocast;
+RUN_FORMAT = 9  # 2: CPU dropout masks from raw random bits, fp32 attention under CPU bf16 autocast;
 # 3: fused CE softmax in the logits dtype (bf16 gradients rounded once), sampled per-item gradients summed in bf16;
 # 4: explicit bf16 attention under CPU bf16 autocast while T <= 4 d_head;
 # 5: dense sampled CE sums per-code gradients in fp32 (bf16: rounded once); CPU negatives drawn in seeded row
@@ -31,6 +31,8 @@ RUN_FORMAT = 8  # 2: CPU dropout masks from raw random bits, fp32 attention unde
 # (not bumped for CUDA attention without cuDNN: a kernel choice, like a torch upgrade; CPU results bit-identical)
 # 7: the final validation and test share one pass where the user's history fits the window (float-level)
 # 8: CPU bf16 attention without AMX is explicit bf16 math up to T=1024 (was fp32 flash past T = 4 d_head)
+# 9: evaluation's sampled negatives keyed by the target event (were a seed-0 draw per batch); the in-batch
+# objective of a shared pass is computed per split (its candidates had mixed both splits' targets)
 
 STATES = ("pending", "running", "done", "failed")
 

@@ -21,6 +21,26 @@ DRAW_BLOCKS = 8
 PARALLEL_DRAW_MIN = 2**20
 
 
+# SplitMix64's increment and finalizer multipliers (Steele, Lea & Flood, OOPSLA 2014) as int64 bit patterns: torch
+# has no uint64 arithmetic, and int64 products wrap modulo 2**64 alike on CPU and CUDA.
+_GAMMA, _MIX1, _MIX2 = (c - 2**64 for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns (torch's >> is arithmetic)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def keyed_uniforms(keys: torch.Tensor, k: int) -> torch.Tensor:
+    """[n, k] float64 uniforms in [0, 1), each a function of (key, column) alone: output number key * k + column + 1
+    of SplitMix64 seeded with 0 (keys >= 0), in vectorized int64 ops, so any device gives the same values."""
+    z = (keys.long().unsqueeze(1) * k + torch.arange(1, k + 1, device=keys.device)) * _GAMMA
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    z = z ^ _shr(z, 31)
+    return _shr(z, 11).double() * 2.0**-53
+
+
 def _scaled(h: torch.Tensor, temperature: float) -> torch.Tensor:
     """Divide the context vectors, not the [N, candidates] logits, by the temperature (same logits, far cheaper)."""
     return h if temperature == 1.0 else h / temperature
@@ -96,11 +116,24 @@ class NegativeSampler:
             return
         if self.kind == "uniform":
             out.random_(1, self.n_items + 1, generator=generator)
-        else:  # alias method: one float64 uniform per code; its integer part picks a bucket, its fraction decides
-            x = torch.rand(out.numel(), dtype=torch.float64, generator=generator, device=out.device).mul_(self.n_items)
-            bucket = x.long()  # < n_items: a uniform below 1 times n rounds below n
-            keep = x.frac_() < self.on("accept", out.device).index_select(0, bucket)
-            torch.where(keep, bucket, self.on("alias", out.device).index_select(0, bucket), out=out.view(-1)).add_(1)
+        else:
+            u = torch.rand(out.numel(), dtype=torch.float64, generator=generator, device=out.device)
+            self.codes(u, out=out.view(-1))
+
+    def codes(self, u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Item codes 1..I from float64 uniforms in [0, 1), one each: the integer part of u * I picks a bucket;
+        for popularity (alias method) its fraction decides between the bucket and its alias."""
+        x = u * self.n_items
+        bucket = x.long()  # < n_items: a uniform below 1 times n rounds below n
+        if self.kind == "uniform":
+            return bucket.add_(1) if out is None else torch.add(bucket, 1, out=out)
+        keep = x.frac_() < self.on("accept", u.device).index_select(0, bucket)
+        return torch.where(keep, bucket, self.on("alias", u.device).index_select(0, bucket), out=out).add_(1)
+
+    def sample_keyed(self, keys: torch.Tensor, k: int) -> torch.Tensor:
+        """[n, k] item codes where row i depends on keys[i] alone (`keyed_uniforms`), on the keys' device:
+        evaluation's fixed negatives, the same for a target at any batch size, grouping or device."""
+        return self.codes(keyed_uniforms(keys, k).view(-1)).view(len(keys), k)
 
     def log_q(self, codes: torch.Tensor) -> torch.Tensor:
         """log sampling probability of each code, shaped like `codes`; uniform q: one value expanded (no gather)."""

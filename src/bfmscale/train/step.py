@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from bfmscale.config import TrainConfig
+from bfmscale.eval.ranking import RowLoss
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.train.negatives import (NegativeSampler, full_softmax_loss, inbatch_loss,
                                       sampled_softmax_loss, table_sampled_softmax_loss)
@@ -60,16 +60,17 @@ class Objective:
         candidates = {"full": model.embedder.n_items, "sampled": items.numel() * self.cfg.n_negatives}
         return items.numel() + candidates.get(self.cfg.objective, 0)
 
-    def eval_loss(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    def eval_loss(self) -> RowLoss | None:
         """The per-row training objective for evaluation, or None for the full softmax, whose per-row loss is the
         CE that evaluation computes anyway."""
         return None if self.cfg.objective == "full" else self._eval_loss
 
-    def _eval_loss(self, h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-row sampled (fixed-seed negatives) or in-batch loss."""
+    def _eval_loss(self, h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor,
+                   keys: torch.Tensor) -> torch.Tensor:
+        """Per-row sampled or in-batch loss. Sampled negatives are fixed by each target's key (its event's index),
+        so a user's value does not depend on the batch, the users evaluated or the run's seed."""
         if self.cfg.objective == "sampled":
-            gen = torch.Generator().manual_seed(0)
-            neg = self.sampler.sample(len(targets), self.cfg.n_negatives, gen).to(h.device)
+            neg = self.sampler.sample_keyed(keys.to(h.device), self.cfg.n_negatives)
             log_q = self.sampler.log_q(neg) if self.cfg.logq else None
             return sampled_softmax_loss(h, catalog[targets - 1], catalog[neg - 1], targets, neg, log_q,
                                         self.temperature, reduction="none")
