@@ -95,13 +95,12 @@ def per_query(objective: RowLoss, h: torch.Tensor, catalog: torch.Tensor, target
 @torch.no_grad()
 def evaluate_splits(model: BehaviorModel, seqs: Sequences, splits: tuple[str, ...], max_len: int,
                     device: torch.device, batch_size: int = 256, exclude_seen: bool = False,
-                    users: np.ndarray | None = None,
-                    objective: RowLoss | None = None,
+                    users: np.ndarray | None = None, objective: RowLoss | None = None,
                     autocast_dtype: torch.dtype | None = None) -> dict[str, EvalResult]:
-    """Rank every item for each user's target in each of `splits` ('valid', 'test'); `objective(h, catalog,
-    targets, keys)` gives the training objective's own per-row loss (keys: the targets' event indices). Passes are shared where exact (`query_groups`) and
-    batched by window length (at T=200 on ML-1M, 54% of the positions of batches in user order are real, 97%
-    sorted); each split's rows come back in `users` order."""
+    """Rank every item for each user's target in each of `splits` ('valid', 'test'); `objective` gives the
+    training objective's own per-row loss (`RowLoss`). Passes are shared where exact (`query_groups`) and batched by
+    window length (at T=200 on ML-1M, 54% of the positions of batches in user order are real, 97% sorted); each
+    split's rows come back in `users` order."""
     was_training = model.training
     model.eval()
     users = np.arange(seqs.n_users) if users is None else np.asarray(users)
