@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from bfmscale.train import negatives
-from bfmscale.train.negatives import (DRAW_BLOCKS, HIT_MASK, NegativeSampler, alias_table, full_softmax_loss,
-                                      inbatch_logits, keyed_uniforms, sampled_logits, sampled_softmax_loss)
+from bfmscale.train.negatives import (DRAW_BLOCKS, HIT_MASK, NegativeSampler, alias_table, catalog_inbatch_loss,
+                                      catalog_sampled_loss, full_softmax_loss, inbatch_logits, inbatch_loss,
+                                      keyed_uniforms, sampled_logits, sampled_softmax_loss)
 
 
 def test_accidental_hits_are_masked():
@@ -203,3 +204,30 @@ def test_keyed_draws_depend_on_each_rows_key_alone(kind):
         many = sampler.sample_keyed(torch.arange(20), 10_000).view(-1)
         freq = torch.bincount(many, minlength=11)[1:].double() / many.numel()
         assert (freq - 0.1).abs().max() < 5 * math.sqrt(0.1 * 0.9 / many.numel())
+
+
+@pytest.mark.parametrize("logq", [False, True])
+def test_losses_from_catalog_logits_equal_the_training_objectives(logq):
+    """Evaluation's per-row sampled and in-batch losses, read from [N, I] catalog logits, equal the training
+    objectives computed from h and candidate vectors (row by row; their means are the training losses), with
+    accidental hits masked, repeated targets and logQ."""
+    torch.manual_seed(0)
+    n_items, d, temp = 30, 8, 0.7
+    h, catalog = torch.randn(12, d), torch.randn(n_items, d)
+    targets = torch.tensor([3, 7, 3, 1, 30, 7, 12, 5, 3, 9, 22, 1])
+    sampler = NegativeSampler("popularity", n_items, torch.arange(n_items + 1.0))
+    neg = sampler.sample_keyed(torch.arange(12), 40)
+    neg[0, :3] = targets[0]  # accidental hits
+    scores = (h / temp) @ catalog.T
+    neg_log_q = sampler.log_q(neg) if logq else None
+    per_row = catalog_sampled_loss(scores, targets, neg, neg_log_q)
+    rows = [sampled_softmax_loss(h[i : i + 1], catalog[targets[i : i + 1] - 1], catalog[neg[i : i + 1] - 1],
+                                 targets[i : i + 1], neg[i : i + 1], None if neg_log_q is None else neg_log_q[i : i + 1],
+                                 temp) for i in range(12)]
+    torch.testing.assert_close(per_row, torch.stack(rows))
+    log_q = sampler.log_probs if logq else None
+    per_row = catalog_inbatch_loss(scores, targets, log_q)
+    assert per_row.shape == (12,)
+    torch.testing.assert_close(per_row.mean(), inbatch_loss(h, catalog[targets - 1], targets, log_q, temp))
+    logits, label = inbatch_logits(h, catalog[targets - 1], targets, log_q, temp)
+    torch.testing.assert_close(per_row, F.cross_entropy(logits, label, reduction="none"))

@@ -79,16 +79,16 @@ def query_groups(seqs: Sequences, max_len: int, splits: tuple[str, ...], users: 
     return [g for g in groups if len(g.users)]
 
 
-# objective(h [N, d], catalog [I, d], targets [N] codes, keys [N] target event indices) -> per-row loss [N]
-RowLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# objective(scores [N, I] catalog logits, targets [N] codes, keys [N] target event indices) -> per-row loss [N]
+RowLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def per_query(objective: RowLoss, h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor,
-              target_idx: np.ndarray, q: int) -> torch.Tensor:
+def per_query(objective: RowLoss, scores: torch.Tensor, targets: torch.Tensor, target_idx: np.ndarray,
+              q: int) -> torch.Tensor:
     """The objective's per-row loss on a batch's [R * Q] query rows (row-major), called once per query column so
     that each call sees one split's rows, as in a pass without sharing (in-batch candidates stay one split's)."""
-    keys = torch.from_numpy(target_idx).to(h.device)
-    cols = [objective(h[i::q], catalog, targets[i::q], keys[i::q]) for i in range(q)]
+    keys = torch.from_numpy(target_idx).to(scores.device)
+    cols = [objective(scores[i::q], targets[i::q], keys[i::q]) for i in range(q)]
     return torch.stack(cols, 1).ravel()
 
 
@@ -123,7 +123,7 @@ def evaluate_splits(model: BehaviorModel, seqs: Sequences, splits: tuple[str, ..
             tgt = seqs.items[torch.from_numpy(target_idx)].to(device)
             scores = (h / temp if temp != 1.0 else h) @ catalog.T
             ce = torch.logsumexp(scores, 1) - scores.gather(1, (tgt - 1).unsqueeze(1)).squeeze(1)
-            obj = ce if objective is None else per_query(objective, h, catalog, tgt, target_idx, pos.shape[1])
+            obj = ce if objective is None else per_query(objective, scores, tgt, target_idx, pos.shape[1])
             if exclude_seen:
                 scores = mask_seen(scores, seqs, u, target_idx, tgt)
             ranks = pessimistic_ranks(scores, tgt - 1)

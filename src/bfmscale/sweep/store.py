@@ -32,7 +32,8 @@ RUN_FORMAT = 9  # 2: CPU dropout masks from raw random bits, fp32 attention unde
 # 7: the final validation and test share one pass where the user's history fits the window (float-level)
 # 8: CPU bf16 attention without AMX is explicit bf16 math up to T=1024 (was fp32 flash past T = 4 d_head)
 # 9: evaluation's sampled negatives keyed by the target event (were a seed-0 draw per batch); the in-batch
-# objective of a shared pass is computed per split (its candidates had mixed both splits' targets)
+# objective of a shared pass is computed per split (its candidates had mixed both splits' targets); both are read
+# from the catalog logits that ranking computes
 
 STATES = ("pending", "running", "done", "failed")
 

@@ -181,12 +181,30 @@ def table_sampled_softmax_loss(h: torch.Tensor, table: torch.Tensor, pos_codes: 
                                        correct_sampled_logits)
 
 
+def _positive_first_ce(logits: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Cross-entropy of [N, 1 + K] logits whose column 0 is each row's positive."""
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device),
+                           reduction=reduction)
+
+
 def sampled_softmax_loss(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, pos_codes: torch.Tensor,
-                         neg_codes: torch.Tensor, neg_log_q: torch.Tensor | None, temperature: float = 1.0,
-                         reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of the positive against K sampled negatives."""
-    logits = sampled_logits(h, pos, neg, pos_codes, neg_codes, neg_log_q, temperature)
-    return F.cross_entropy(logits, torch.zeros(len(h), dtype=torch.long, device=h.device), reduction=reduction)
+                         neg_codes: torch.Tensor, neg_log_q: torch.Tensor | None,
+                         temperature: float = 1.0) -> torch.Tensor:
+    """Mean cross-entropy of the positive against K sampled negatives."""
+    return _positive_first_ce(sampled_logits(h, pos, neg, pos_codes, neg_codes, neg_log_q, temperature), "mean")
+
+
+def catalog_sampled_loss(scores: torch.Tensor, pos_codes: torch.Tensor, neg_codes: torch.Tensor,
+                         neg_log_q: torch.Tensor | None) -> torch.Tensor:
+    """Per-row `sampled_softmax_loss` from [N, I] logits over the catalog (evaluation has them): the positive's and
+    the negatives' columns are gathered, so no [N, K, d] candidate tensor is built."""
+    raw = torch.cat([scores.gather(1, pos_codes.unsqueeze(1) - 1), scores.gather(1, neg_codes - 1)], dim=1)
+    return _positive_first_ce(correct_sampled_logits(raw, pos_codes, neg_codes, neg_log_q), "none")
+
+
+def _logq_corrected(logits: torch.Tensor, codes: torch.Tensor, log_q: torch.Tensor | None) -> torch.Tensor:
+    """Logits of the candidate columns `codes`, less log q(code) when log_q is given."""
+    return logits if log_q is None else logits - log_q[codes].unsqueeze(0)
 
 
 def inbatch_logits(h: torch.Tensor, pos: torch.Tensor, pos_codes: torch.Tensor, log_q: torch.Tensor | None,
@@ -196,14 +214,17 @@ def inbatch_logits(h: torch.Tensor, pos: torch.Tensor, pos_codes: torch.Tensor, 
     uniq, label = torch.unique(pos_codes, return_inverse=True)
     first = torch.full((len(uniq),), len(pos_codes), dtype=torch.long, device=h.device)
     first = first.scatter_reduce(0, label, torch.arange(len(pos_codes), device=h.device), reduce="amin")
-    logits = (_scaled(h, temperature) @ pos[first].T).float()
-    if log_q is not None:
-        logits = logits - log_q[uniq].unsqueeze(0)
-    return logits, label
+    return _logq_corrected((_scaled(h, temperature) @ pos[first].T).float(), uniq, log_q), label
 
 
 def inbatch_loss(h: torch.Tensor, pos: torch.Tensor, pos_codes: torch.Tensor, log_q: torch.Tensor | None,
-                 temperature: float = 1.0, reduction: str = "mean") -> torch.Tensor:
-    """In-batch softmax over the distinct target items of the batch."""
+                 temperature: float = 1.0) -> torch.Tensor:
+    """Mean in-batch softmax loss over the distinct target items of the batch."""
     logits, label = inbatch_logits(h, pos, pos_codes, log_q, temperature)
-    return F.cross_entropy(logits, label, reduction=reduction)
+    return F.cross_entropy(logits, label)
+
+
+def catalog_inbatch_loss(scores: torch.Tensor, pos_codes: torch.Tensor, log_q: torch.Tensor | None) -> torch.Tensor:
+    """Per-row `inbatch_loss` from [N, I] logits over the catalog: the columns of the batch's distinct targets."""
+    uniq, label = torch.unique(pos_codes, return_inverse=True)
+    return F.cross_entropy(_logq_corrected(scores[:, uniq - 1], uniq, log_q), label, reduction="none")

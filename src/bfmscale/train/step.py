@@ -9,8 +9,8 @@ import torch
 from bfmscale.config import TrainConfig
 from bfmscale.eval.ranking import RowLoss
 from bfmscale.model.bfm import BehaviorModel
-from bfmscale.train.negatives import (NegativeSampler, full_softmax_loss, inbatch_loss,
-                                      sampled_softmax_loss, table_sampled_softmax_loss)
+from bfmscale.train.negatives import (NegativeSampler, catalog_inbatch_loss, catalog_sampled_loss, full_softmax_loss,
+                                      inbatch_loss, sampled_softmax_loss, table_sampled_softmax_loss)
 
 
 def rows(x: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -65,18 +65,15 @@ class Objective:
         CE that evaluation computes anyway."""
         return None if self.cfg.objective == "full" else self._eval_loss
 
-    def _eval_loss(self, h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor,
-                   keys: torch.Tensor) -> torch.Tensor:
-        """Per-row sampled or in-batch loss. Sampled negatives are fixed by each target's key (its event's index),
-        so a user's value does not depend on the batch, the users evaluated or the run's seed."""
+    def _eval_loss(self, scores: torch.Tensor, targets: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Per-row sampled or in-batch loss from evaluation's catalog logits. Sampled negatives are fixed by each
+        target's key (its event's index), so a user's value does not depend on the batch, the users evaluated or
+        the run's seed."""
         if self.cfg.objective == "sampled":
-            neg = self.sampler.sample_keyed(keys.to(h.device), self.cfg.n_negatives)
-            log_q = self.sampler.log_q(neg) if self.cfg.logq else None
-            return sampled_softmax_loss(h, catalog[targets - 1], catalog[neg - 1], targets, neg, log_q,
-                                        self.temperature, reduction="none")
-        log_q = self.sampler.on("log_probs", h.device) if self.cfg.logq else None
-        return inbatch_loss(h, catalog[targets - 1], targets, log_q, self.temperature, reduction="none")
-
+            neg = self.sampler.sample_keyed(keys.to(scores.device), self.cfg.n_negatives)
+            return catalog_sampled_loss(scores, targets, neg, self.sampler.log_q(neg) if self.cfg.logq else None)
+        log_q = self.sampler.on("log_probs", scores.device) if self.cfg.logq else None
+        return catalog_inbatch_loss(scores, targets, log_q)
 
 def train_step(model: BehaviorModel, objective: Objective, opt: torch.optim.Optimizer, items: torch.Tensor,
                feats: torch.Tensor | None, amp: torch.dtype | None, grad_clip: float) -> torch.Tensor:
