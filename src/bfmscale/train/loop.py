@@ -217,7 +217,7 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
              device, "bf16" if amp else "fp32")
 
     sampler = NegativeSampler(tc.sampler, catalog.n_items, catalog.popularity, tc.sampler_alpha)
-    objective = Objective(tc, sampler, torch.Generator(device).manual_seed(cfg.seed), mc.temperature)
+    objective = Objective(tc, sampler, torch.Generator(device).manual_seed(cfg.seed))
     opt = make_optimizer(model, tc.lr, tc)
     switch_step = int(tc.sgd_switch_frac * steps) if tc.sgd_switch_frac else None
     lr_scale = 1.0

@@ -26,7 +26,6 @@ class Objective:
     cfg: TrainConfig
     sampler: NegativeSampler
     generator: torch.Generator
-    temperature: float = 1.0
 
     def loss(self, model: BehaviorModel, items: torch.Tensor, feats: torch.Tensor | None) -> tuple[torch.Tensor, int]:
         """Mean loss over the real targets of a right-padded [B, T+1] window batch, and their count."""
@@ -74,6 +73,7 @@ class Objective:
             return catalog_sampled_loss(scores, targets, neg, self.sampler.log_q(neg) if self.cfg.logq else None)
         log_q = self.sampler.on("log_probs", scores.device) if self.cfg.logq else None
         return catalog_inbatch_loss(scores, targets, log_q)
+
 
 def train_step(model: BehaviorModel, objective: Objective, opt: torch.optim.Optimizer, items: torch.Tensor,
                feats: torch.Tensor | None, amp: torch.dtype | None, grad_clip: float) -> torch.Tensor:
