@@ -6,12 +6,15 @@ MFU divides the model FLOPs the study charges (`step_flops`: K+1 candidates per 
 HFU the FLOPs the step executes, counted by torch.utils.flop_counter on one step (the dense sampled route scores
 the whole catalog, the catalog route runs the MLP once per item). The peak is measured right before each row, in
 that row's precision (these boxes drift: one 2-core VM measured an fp32 peak of 196 GFLOP/s at the start of one
-grid and 126 at the start of another), and at the start and the end of the grid, to show the drift. Also:
+grid and 126 at the start of another), and at the start and the end of the grid, to show the drift. With
+`--rounds R` each configuration is timed R times, alternating its precisions, and each row keeps its fastest round
+(with that round's peak): the bf16/fp32 column then compares the two precisions at nearly the same moment. Also:
 evaluation throughput (users/s, full-catalog ranking over ML-1M) of one fixed configuration.
 Needs data/prepared/ml-1m.
 
     .venv/bin/python bench/train_throughput.py --quick      # a small subset, ~2 minutes on 2 cores
     .venv/bin/python bench/train_throughput.py              # the whole grid
+    .venv/bin/python bench/train_throughput.py --rounds 3   # the whole grid, best of 3 alternating rounds
     python bench/train_throughput.py --d-models 1024,256,64 --batch-size 128   # on a GPU (bench/gpu_check.sh)
 """
 
@@ -127,7 +130,11 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time each config with torch.compile")
     ap.add_argument("--precisions", default=None, help="comma list of fp32, bf16 (default: both where bf16 is native)")
     ap.add_argument("--peak-n", type=int, default=None, help="size n of the n^3 peak matmul (default 2048, GPU 8192)")
+    ap.add_argument("--rounds", type=int, default=1, help="time each configuration R times, precisions alternating; "
+                    "each row keeps its fastest round")
     args = ap.parse_args()
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds is {args.rounds}; expected an integer >= 1")
     device = resolve_device("auto")
     ds = load_prepared(args.prepared)
     seqs = build_sequences(ds)
@@ -140,39 +147,53 @@ def main() -> None:
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     peaks = {p: matmul_peak(dtypes[p], device, n) for p in precisions}
     d_models = [int(x) for x in args.d_models.split(",")] if args.d_models else [64, 128, 256]
-    grid = list(itertools.product(d_models, [2, 4], [50, 200], OBJECTIVES, ["id", "features"], precisions))
+    grid = list(itertools.product(d_models, [2, 4], [50, 200], OBJECTIVES, ["id", "features"]))
     if args.quick:
         grid = [g for g in grid if g[1] == 2 and g[2] == 200 and g[3] in ("full", "frozen1024") and g[4] == "id"] + \
-               [(128, 2, 200, "sampled128", "features", p) for p in precisions]
+               [(128, 2, 200, "sampled128", "features")]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device: {device} ({name}), torch {torch.__version__}, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads; matmul peak ({n}^3): " +
+          f"{torch.get_num_threads()} threads, best of {args.rounds} round(s); matmul peak ({n}^3): " +
           ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
     eval_throughput(seqs, catalog, max(d_models), device)
     print(f"{'d':>5} {'L':>2} {'T':>4} {'objective':>11} {'embedder':>9} {'prec':>5} {'tokens/s':>10} {'GFLOP/s':>8} "
-          f"{'MFU':>6} {'HFU':>6} {'peak':>7}" + (f" {'compiled tok/s':>15} {'speed-up':>9} {'compile s':>10}" if args.compile else ""))
+          f"{'MFU':>6} {'HFU':>6} {'peak':>7} {'bf16/fp32':>9}" +
+          (f" {'compiled tok/s':>15} {'speed-up':>9} {'compile s':>10}" if args.compile else ""))
     failed: list[str] = []
-    for d, layers, t, obj, emb, prec in grid:
+    for d, layers, t, obj, emb in grid:
         mc = ModelConfig(embedder=emb, d_model=d, n_layers=layers, n_heads=max(1, d // 64), d_ff=4 * d, max_len=t,
                          dropout=0.1)
         tc = TrainConfig(**OBJECTIVES[obj])
-        amp = torch.bfloat16 if prec == "bf16" else None
-        try:
-            peak = matmul_peak(dtypes[prec], device, n)  # the denominator, next to the row it divides
-            run = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps)
-        except RuntimeError as e:  # e.g. a GPU grid up to d=1024 outgrowing the card: say so, go on, fail at the end
-            failed.append(f"{d} {layers} {t} {obj} {emb} {prec}: {type(e).__name__}: {str(e).splitlines()[0]}")
-            print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5}   failed: {failed[-1]}", flush=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            continue
-        extra = ""
-        if args.compile:
-            comp = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps, compile=True)
-            extra = f" {comp.tokens_per_s:>15,.0f} {comp.tokens_per_s / run.tokens_per_s:>8.2f}x {comp.warmup_s:>10.1f}"
-        mfu, hfu = (100 * f / 1e9 / peak for f in (run.model_flops_per_s, run.hardware_flops_per_s))
-        print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5} {run.tokens_per_s:>10,.0f} "
-              f"{run.model_flops_per_s / 1e9:>8.1f} {mfu:>5.1f}% {hfu:>5.1f}% {peak:>7.0f}" + extra, flush=True)
+        best: dict[str, tuple[Timing, float]] = {}  # precision -> (fastest round, the peak measured right before it)
+        broken: set[str] = set()  # precisions that failed here: not retried in later rounds
+        for _, prec in itertools.product(range(args.rounds), precisions):
+            if prec in broken:
+                continue
+            amp = torch.bfloat16 if prec == "bf16" else None
+            try:
+                peak = matmul_peak(dtypes[prec], device, n)  # the denominator, next to the row it divides
+                run = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps)
+            except RuntimeError as e:  # e.g. a GPU grid up to d=1024 outgrowing the card: say so, go on, fail at the end
+                failed.append(f"{d} {layers} {t} {obj} {emb} {prec}: {type(e).__name__}: {str(e).splitlines()[0]}")
+                broken.add(prec)
+                print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5}   failed: {failed[-1]}", flush=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            if prec not in best or run.tokens_per_s > best[prec][0].tokens_per_s:
+                best[prec] = (run, peak)
+        for prec, (run, peak) in best.items():
+            extra = ""
+            if args.compile:
+                amp = torch.bfloat16 if prec == "bf16" else None
+                comp = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps, compile=True)
+                extra = f" {comp.tokens_per_s:>15,.0f} {comp.tokens_per_s / run.tokens_per_s:>8.2f}x {comp.warmup_s:>10.1f}"
+            ratio = (f"{run.tokens_per_s / best['fp32'][0].tokens_per_s:>8.2f}x" if prec == "bf16" and "fp32" in best
+                     else f"{'-':>9}")
+            mfu, hfu = (100 * f / 1e9 / peak for f in (run.model_flops_per_s, run.hardware_flops_per_s))
+            print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5} {run.tokens_per_s:>10,.0f} "
+                  f"{run.model_flops_per_s / 1e9:>8.1f} {mfu:>5.1f}% {hfu:>5.1f}% {peak:>7.0f} {ratio}" + extra,
+                  flush=True)
     print(f"matmul peak ({n}^3) at the end: " +
           ", ".join(f"{p} {matmul_peak(dtypes[p], device, n):.1f} GFLOP/s" for p in precisions), flush=True)
     if failed:

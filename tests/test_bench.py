@@ -21,7 +21,8 @@ def bench_modules(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(BENCH))
 
 
-ROW = re.compile(r"^\s*(\d+)\s+(\d)\s+(\d+)\s+(\w+)\s+(id|features)\s+(fp32|bf16)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)%\s+([\d.]+)%\s+(\d+)$")
+ROW = re.compile(r"^\s*(\d+)\s+(\d)\s+(\d+)\s+(\w+)\s+(id|features)\s+(fp32|bf16)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)%\s+([\d.]+)%"
+                 r"\s+(\d+)\s+(-|[\d.]+x)$")
 
 
 def test_train_throughput_prints_every_configuration(tmp_path, monkeypatch, capsys, bench_modules):
@@ -43,7 +44,44 @@ def test_train_throughput_prints_every_configuration(tmp_path, monkeypatch, caps
         assert int(r[10]) > 0, r  # the matmul peak measured for this row (GFLOP/s), MFU's denominator
         if r[3] == "full" and r[4] == "id":  # the full softmax executes the FLOPs the study charges (MFU = HFU)
             assert math.isclose(float(r[8]), float(r[9]), abs_tol=0.15), r  # printed to 0.1 points
+        assert r[11] == "-", r  # no bf16/fp32 ratio without bf16
     assert re.search(r"^matmul peak \(256\^3\) at the end: fp32 [\d.]+ GFLOP/s$", out, re.M)
+
+
+def test_train_throughput_rounds_keep_the_fastest_and_print_the_ratio(tmp_path, monkeypatch, capsys, bench_modules):
+    """With --rounds 3 each configuration and precision is timed three times, alternating precisions; its row keeps
+    the fastest round, and the bf16 row prints its tokens/s over the fp32 row's."""
+    import train_throughput
+
+    ds = make_prepared(tmp_path, n_users=6, n_items=40, min_len=205, max_len=230)
+    calls, real = [], train_throughput.bench_config
+    speeds = iter([100.0, 150.0, 300.0, 200.0, 120.0, 250.0] * 3)  # fp32, bf16 alternating, 3 rounds per config
+
+    def fake_bench(*args, **kwargs):
+        calls.append(args[6])  # amp: None (fp32) or bfloat16
+        timed = real(*args, **kwargs)
+        return timed._replace(tokens_per_s=next(speeds))
+
+    monkeypatch.setattr(train_throughput, "cpu_has_native_bf16", lambda: True)  # bf16 runs anywhere, slowly
+    monkeypatch.setattr(train_throughput, "bench_config", fake_bench)
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--prepared", str(ds.path), "--d-models", "16", "--quick",
+                                      "--steps", "1", "--batch-size", "2", "--peak-n", "64", "--rounds", "3"])
+    train_throughput.main()
+    rows = [m.groups() for m in map(ROW.match, capsys.readouterr().out.splitlines()) if m]
+    assert len(rows) == 6 and len(calls) == 18  # 3 configurations x 2 precisions x 3 rounds
+    assert calls[:2] == [None, train_throughput.torch.bfloat16]  # precisions alternate within a round
+    fp32, bf16 = [r for r in rows if r[5] == "fp32"], [r for r in rows if r[5] == "bf16"]
+    assert [r[6] for r in fp32] == ["300", "300", "300"] and [r[6] for r in bf16] == ["250", "250", "250"]
+    assert all(r[11] == "-" for r in fp32) and all(r[11] == "0.83x" for r in bf16)
+
+
+def test_train_throughput_refuses_a_round_count_below_one(tmp_path, monkeypatch, bench_modules):
+    import train_throughput
+
+    ds = make_prepared(tmp_path, n_users=6, n_items=40, min_len=6, max_len=12)
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--prepared", str(ds.path), "--rounds", "0"])
+    with pytest.raises(SystemExit, match="--rounds is 0; expected an integer >= 1"):
+        train_throughput.main()
 
 
 def test_train_throughput_refuses_bf16_without_native_support(tmp_path, monkeypatch, bench_modules):
