@@ -145,6 +145,7 @@ def main() -> None:
         raise SystemExit(f"--precisions: bf16 asked for, but {device} has no native bf16 (it would run ~20x slower)")
     n = args.peak_n or (8192 if device.type == "cuda" else 2048)  # a GPU needs the larger product to reach its peak
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    amps = {"fp32": None, "bf16": torch.bfloat16}  # the autocast dtype of each precision (fp32: none)
     peaks = {p: matmul_peak(dtypes[p], device, n) for p in precisions}
     d_models = [int(x) for x in args.d_models.split(",")] if args.d_models else [64, 128, 256]
     grid = list(itertools.product(d_models, [2, 4], [50, 200], OBJECTIVES, ["id", "features"]))
@@ -169,7 +170,7 @@ def main() -> None:
         for _, prec in itertools.product(range(args.rounds), precisions):
             if prec in broken:
                 continue
-            amp = torch.bfloat16 if prec == "bf16" else None
+            amp = amps[prec]
             try:
                 peak = matmul_peak(dtypes[prec], device, n)  # the denominator, next to the row it divides
                 run = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps)
@@ -185,8 +186,8 @@ def main() -> None:
         for prec, (run, peak) in best.items():
             extra = ""
             if args.compile:
-                amp = torch.bfloat16 if prec == "bf16" else None
-                comp = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps, compile=True)
+                comp = bench_config(ds, seqs, catalog, mc, tc, device, amps[prec], args.batch_size, args.steps,
+                                    compile=True)
                 extra = f" {comp.tokens_per_s:>15,.0f} {comp.tokens_per_s / run.tokens_per_s:>8.2f}x {comp.warmup_s:>10.1f}"
             ratio = (f"{run.tokens_per_s / best['fp32'][0].tokens_per_s:>8.2f}x" if prec == "bf16" and "fp32" in best
                      else f"{'-':>9}")

@@ -97,17 +97,26 @@ def test_exclude_seen_never_worsens_rank_and_keeps_target(setup):
         assert r_ex[u] <= 40 - len(hist - {target})
 
 
+@pytest.fixture(scope="module")
+def shared_setup(tmp_path_factory):
+    """Users of whom some share one pass for validation and test (history fits the window) and some do not; a
+    2-layer model, so that sharing is exact through more than the final block."""
+    ds = make_prepared(tmp_path_factory.mktemp("shared"), n_users=40, n_items=40, min_len=4, max_len=14)
+    seqs = build_sequences(ds)
+    torch.manual_seed(0)
+    catalog = build_catalog(ds, 64)
+    model = BehaviorModel(ModelConfig(embedder="id", d_model=16, n_heads=2, n_layers=2, max_len=8, dropout=0.0),
+                          catalog, 0)
+    return model, seqs, catalog
+
+
 @pytest.mark.parametrize("exclude_seen", [False, True])
-def test_validation_and_test_in_shared_passes_equal_separate_ones(tmp_path, monkeypatch, exclude_seen):
+def test_validation_and_test_in_shared_passes_equal_separate_ones(shared_setup, monkeypatch, exclude_seen):
     """Users whose whole history fits the window are read once for both splits (validation from the position before
     the last); every rank, CE and objective equals the one-split evaluations, in the order of `users`."""
     from bfmscale.eval import ranking
 
-    ds = make_prepared(tmp_path, n_users=40, n_items=40, min_len=4, max_len=14)
-    seqs = build_sequences(ds)
-    torch.manual_seed(0)
-    model = BehaviorModel(ModelConfig(embedder="id", d_model=16, n_heads=2, n_layers=2, max_len=8, dropout=0.0),
-                          build_catalog(ds, 64), 0)
+    model, seqs, _ = shared_setup
     fits = seqs.lengths - 1 <= 8  # test window starts at the first event
     assert fits.any() and (~fits).any()
     users = np.random.default_rng(1).permutation(seqs.n_users)
@@ -134,17 +143,6 @@ def test_unknown_or_repeated_splits_are_refused(setup, splits):
     model, seqs = setup
     with pytest.raises(ValueError, match="expected 'valid' and/or 'test'"):
         evaluate_splits(model, seqs, splits, 8, torch.device("cpu"))
-
-
-@pytest.fixture(scope="module")
-def shared_setup(tmp_path_factory):
-    """Users of whom some share one pass for validation and test (history fits the window) and some do not."""
-    ds = make_prepared(tmp_path_factory.mktemp("shared"), n_users=40, n_items=40, min_len=4, max_len=14)
-    seqs = build_sequences(ds)
-    torch.manual_seed(0)
-    catalog = build_catalog(ds, 64)
-    model = BehaviorModel(ModelConfig(embedder="id", d_model=16, n_heads=2, max_len=8, dropout=0.0), catalog, 0)
-    return model, seqs, catalog
 
 
 @pytest.mark.parametrize("sampler", ["uniform", "popularity"])

@@ -79,7 +79,8 @@ def query_groups(seqs: Sequences, max_len: int, splits: tuple[str, ...], users: 
     return [g for g in groups if len(g.users)]
 
 
-# objective(scores [N, I] catalog logits, targets [N] codes, keys [N] target event indices) -> per-row loss [N]
+# objective(scores [N, I] catalog logits, targets [N] codes, keys [N] target event indices, all on one device)
+# -> per-row loss [N]
 RowLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 

@@ -126,7 +126,7 @@ class NegativeSampler:
         x = u * self.n_items
         bucket = x.long()  # < n_items: a uniform below 1 times n rounds below n
         if self.kind == "uniform":
-            return bucket.add_(1) if out is None else torch.add(bucket, 1, out=out)
+            return torch.add(bucket, 1, out=out)
         keep = x.frac_() < self.on("accept", u.device).index_select(0, bucket)
         return torch.where(keep, bucket, self.on("alias", u.device).index_select(0, bucket), out=out).add_(1)
 

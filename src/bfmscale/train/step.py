@@ -69,7 +69,7 @@ class Objective:
         target's key (its event's index), so a user's value does not depend on the batch, the users evaluated or
         the run's seed."""
         if self.cfg.objective == "sampled":
-            neg = self.sampler.sample_keyed(keys.to(scores.device), self.cfg.n_negatives)
+            neg = self.sampler.sample_keyed(keys, self.cfg.n_negatives)
             return catalog_sampled_loss(scores, targets, neg, self.sampler.log_q(neg) if self.cfg.logq else None)
         log_q = self.sampler.on("log_probs", scores.device) if self.cfg.logq else None
         return catalog_inbatch_loss(scores, targets, log_q)
