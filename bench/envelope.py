@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench_args import comma_list, positive, run
 from bfmscale.sweep.collect import collect
 from bfmscale.sweep.design import Design, expand
 from bfmscale.sweep.executors import make_executor
@@ -59,24 +60,27 @@ def budget_table(runs: pd.DataFrame, workers: int, envelope_s: float) -> pd.Data
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budgets", default="1e11,1e12,1e13", help="comma-separated FLOP budgets")
-    ap.add_argument("--n-models", type=int, default=5, help="model sizes per budget (the IsoFLOP design's n_models)")
+    ap.add_argument("--budgets", type=comma_list(float), default="1e11,1e12,1e13",
+                    help="comma-separated FLOP budgets")
+    ap.add_argument("--n-models", type=positive(int), default=5,
+                    help="model sizes per budget (the IsoFLOP design's n_models)")
     ap.add_argument("--dataset", default="ml-1m")
     ap.add_argument("--prepared", default="data/prepared")
-    ap.add_argument("--workers", type=int, default=None, help="local workers (default: the sweep's, one per core)")
-    ap.add_argument("--hours", type=float, default=2.0, help="the envelope")
+    ap.add_argument("--workers", type=positive(int), default=None,
+                    help="local workers (default: the sweep's, one per core)")
+    ap.add_argument("--hours", type=positive(float), default=2.0, help="the envelope")
     ap.add_argument("--n-evals", type=int, default=None, help="validation-curve points per run (default: the run default)")
-    ap.add_argument("--eval-users", default=None,
+    ap.add_argument("--eval-users", type=lambda t: t if t == "all" else positive(int)(t), default=None,
                     help="validation curve on this many users, or 'all' (default: the run default)")
     ap.add_argument("--store", default=None, help="keep the runs here (resumable); default: a temporary store")
     args = ap.parse_args()
     train = {} if args.n_evals is None else {"n_evals": args.n_evals}
     if args.eval_users is not None:
-        train["eval_users"] = None if args.eval_users == "all" else int(args.eval_users)
-    budgets = [float(b) for b in args.budgets.split(",")]
-    configs = expand(design(budgets, args.n_models, args.dataset, args.prepared, train))
+        train["eval_users"] = None if args.eval_users == "all" else args.eval_users
+    configs = expand(design(args.budgets, args.n_models, args.dataset, args.prepared, train))
     executor = make_executor("local", args.workers)
-    print(f"{len(configs)} runs (IsoFLOP, {args.dataset}, budgets {args.budgets}), {os.cpu_count()} cores, "
+    budgets = ",".join(f"{b:g}" for b in args.budgets)
+    print(f"{len(configs)} runs (IsoFLOP, {args.dataset}, budgets {budgets}), {os.cpu_count()} cores, "
           f"{executor.workers} worker(s) x {executor.threads} thread(s), train overrides {train or 'none'}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(args.store or Path(tmp) / "runs"))
@@ -84,8 +88,9 @@ def main() -> None:
         summary = run_sweep("envelope", configs, store, executor)
         wall = time.perf_counter() - t
         table = collect(configs, store)
-    if summary.failed:
-        raise SystemExit(f"envelope: {summary.line()}")
+        errors = [(store.status(key) or {}).get("error") for key in summary.failed_keys[summary.failed_before:]]
+    if errors:
+        raise SystemExit(f"envelope.py: error: {summary.line()}; the first: {errors[0]}")
     runs = run_table(table)
     with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.4g}".format):
         print(runs.to_string(index=False))
@@ -96,4 +101,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

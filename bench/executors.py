@@ -17,6 +17,7 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from bench_args import positive, run  # noqa: E402
 from bfmscale.sweep.design import Design, expand  # noqa: E402
 from bfmscale.sweep.executors import LocalExecutor, RayExecutor  # noqa: E402
 from bfmscale.sweep.runner import run_sweep  # noqa: E402
@@ -34,8 +35,8 @@ def design(runs: int, flops: float, prepared: str) -> Design:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=8)
-    ap.add_argument("--flops", type=float, default=3e11)
+    ap.add_argument("--runs", type=positive(int), default=8)
+    ap.add_argument("--flops", type=positive(float), default=3e11)
     ap.add_argument("--prepared", default="data/prepared")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
@@ -73,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench_args import positive, run
 from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.data.dataset import load_prepared
 from bfmscale.model.bfm import BehaviorModel
@@ -31,8 +32,8 @@ def plain_full_softmax(h, catalog, targets, temperature=1.0, reduction="mean"):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=6)
-    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--reps", type=positive(int), default=6)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--prepared", default="data/prepared/ml-1m")
     args = ap.parse_args()
     ds = load_prepared(args.prepared)
@@ -65,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

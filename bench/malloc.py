@@ -15,6 +15,7 @@ import resource
 import subprocess
 import sys
 
+from bench_args import positive
 from sasrec import SASREC
 
 CHILD = """
@@ -28,7 +29,7 @@ print(json.dumps({"tokens_per_s": res.info["tokens_per_s"], "train_time": res.in
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--flops", type=float, default=5e12)
+    ap.add_argument("--flops", type=positive(float), default=5e12)
     args = ap.parse_args()
     print(f"SASRec-size ID model, ML-1M, full softmax, T=200, {args.flops:.3g} FLOPs per run")
     print(f"{'tune_malloc':>11} {'tokens/s':>9} {'train s':>8} {'user s':>7} {'sys s':>6} {'sys share':>10}")

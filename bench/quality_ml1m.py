@@ -28,6 +28,7 @@ from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog
 from bfmscale.train.data import build_sequences
 from bfmscale.train.loop import train_run
+from bench_args import comma_list, positive, run
 from sasrec import SASREC, flops_per_second
 
 QUALITY = SASREC + ["train.warmup_frac=0.01", "data.exclude_seen=true", "train.save_checkpoint=true"]
@@ -43,15 +44,15 @@ def metrics_without_exclusion(cfg, ds, checkpoint: Path) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=30.0, help="training wall time per model")
-    ap.add_argument("--models", default="id,features")
-    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--minutes", type=positive(float), default=30.0, help="training wall time per model")
+    ap.add_argument("--models", type=comma_list(str, ("id", "features")), default="id,features")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     ap.add_argument("--prepared", default="data/prepared")
     args = ap.parse_args()
     setup_logging(logging.INFO)
     ds = load_prepared(f"{args.prepared}/ml-1m")
     rows = []
-    for emb in args.models.split(","):
+    for emb in args.models:
         ov = QUALITY + [f"model.embedder={emb}", f"train.precision={args.precision}"]
         rate = flops_per_second(ov, ds)
         budget = rate * args.minutes * 60
@@ -76,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

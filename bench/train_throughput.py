@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from bench_args import comma_list, positive, run
 from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.data.dataset import load_prepared
 from bfmscale.device import cpu_has_native_bf16, resolve_device
@@ -123,31 +124,32 @@ def eval_throughput(seqs, catalog, d: int, device: torch.device) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=positive(int), default=4)
+    ap.add_argument("--batch-size", type=positive(int), default=64)
     ap.add_argument("--prepared", default="data/prepared/ml-1m")
-    ap.add_argument("--d-models", default=None, help="comma list, e.g. 64,128,256 (GPU: up to 1024)")
+    ap.add_argument("--d-models", type=comma_list(int), default=None,
+                    help="comma list, e.g. 64,128,256 (GPU: up to 1024)")
     ap.add_argument("--compile", action="store_true", help="also time each config with torch.compile")
-    ap.add_argument("--precisions", default=None, help="comma list of fp32, bf16 (default: both where bf16 is native)")
-    ap.add_argument("--peak-n", type=int, default=None, help="size n of the n^3 peak matmul (default 2048, GPU 8192)")
-    ap.add_argument("--rounds", type=int, default=1, help="time each configuration R times, precisions alternating; "
-                    "each row keeps its fastest round")
+    ap.add_argument("--precisions", type=comma_list(str, ("fp32", "bf16")), default=None,
+                    help="comma list of fp32, bf16 (default: both where bf16 is native)")
+    ap.add_argument("--peak-n", type=positive(int), default=None,
+                    help="size n of the n^3 peak matmul (default 2048, GPU 8192)")
+    ap.add_argument("--rounds", type=positive(int), default=1,
+                    help="time each configuration R times, precisions alternating; each row keeps its fastest round")
     args = ap.parse_args()
-    if args.rounds < 1:
-        raise SystemExit(f"--rounds is {args.rounds}; expected an integer >= 1")
     device = resolve_device("auto")
     ds = load_prepared(args.prepared)
     seqs = build_sequences(ds)
     catalog = build_catalog(ds, 2048)
     native_bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
-    precisions = args.precisions.split(",") if args.precisions else ["fp32"] + (["bf16"] if native_bf16 else [])
+    precisions = args.precisions or ["fp32"] + (["bf16"] if native_bf16 else [])
     if "bf16" in precisions and not native_bf16:
         raise SystemExit(f"--precisions: bf16 asked for, but {device} has no native bf16 (it would run ~20x slower)")
     n = args.peak_n or (8192 if device.type == "cuda" else 2048)  # a GPU needs the larger product to reach its peak
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     amps = {"fp32": None, "bf16": torch.bfloat16}  # the autocast dtype of each precision (fp32: none)
     peaks = {p: matmul_peak(dtypes[p], device, n) for p in precisions}
-    d_models = [int(x) for x in args.d_models.split(",")] if args.d_models else [64, 128, 256]
+    d_models = args.d_models or [64, 128, 256]
     grid = list(itertools.product(d_models, [2, 4], [50, 200], OBJECTIVES, ["id", "features"]))
     if args.quick:
         grid = [g for g in grid if g[1] == 2 and g[2] == 200 and g[3] in ("full", "frozen1024") and g[4] == "id"] + \
@@ -202,4 +204,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

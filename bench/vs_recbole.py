@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_args import comma_list, positive, run
 from bfmscale.logging_setup import setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,14 +161,15 @@ def most_popular(exclude_seen: bool) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="checkpoints 2 and 5 minutes, max length 50 only")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--minutes", default=None, help="comma list of wall-clock checkpoints (default 10,25,60)")
-    ap.add_argument("--lengths", default=None, help="comma list of max lengths (default 50,200)")
+    ap.add_argument("--threads", type=positive(int), default=torch.get_num_threads())
+    ap.add_argument("--minutes", type=comma_list(float), default=None,
+                    help="comma list of wall-clock checkpoints (default 10,25,60)")
+    ap.add_argument("--lengths", type=comma_list(int), default=None, help="comma list of max lengths (default 50,200)")
     args = ap.parse_args()
     setup_logging()  # our training runs report progress at INFO, as RecBole's checkpoints do on stderr
-    minutes = [float(m) for m in args.minutes.split(",")] if args.minutes else \
-        ([2.0, 5.0] if args.quick else [10.0, 25.0, 60.0])
-    lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else ([50] if args.quick else [50, 200])
+    # checkpoints in order: the peer trains on through them
+    minutes = sorted(args.minutes or ([2.0, 5.0] if args.quick else [10.0, 25.0, 60.0]))
+    lengths = args.lengths or ([50] if args.quick else [50, 200])
     raw = ROOT / "data" / "raw"
     rows = []
     for L in lengths:
@@ -195,4 +197,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

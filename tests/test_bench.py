@@ -75,13 +75,56 @@ def test_train_throughput_rounds_keep_the_fastest_and_print_the_ratio(tmp_path, 
     assert all(r[11] == "-" for r in fp32) and all(r[11] == "0.83x" for r in bf16)
 
 
-def test_train_throughput_refuses_a_round_count_below_one(tmp_path, monkeypatch, bench_modules):
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--rounds", "0", "argument --rounds: '0': expected a positive integer"),
+    ("--d-models", "64,12x8", "argument --d-models: '12x8': expected a positive integer"),
+    ("--precisions", "fp32,fp16", "argument --precisions: 'fp16': expected one of fp32, bf16"),
+])
+def test_train_throughput_refuses_bad_arguments_before_any_work(tmp_path, monkeypatch, capsys, bench_modules, flag,
+                                                               value, expected):
     import train_throughput
 
-    ds = make_prepared(tmp_path, n_users=6, n_items=40, min_len=6, max_len=12)
-    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--prepared", str(ds.path), "--rounds", "0"])
-    with pytest.raises(SystemExit, match="--rounds is 0; expected an integer >= 1"):
+    monkeypatch.setattr(train_throughput, "load_prepared", lambda path: pytest.fail("ran past a bad argument"))
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", flag, value])
+    with pytest.raises(SystemExit) as exc:
         train_throughput.main()
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"train_throughput.py: error: {expected}"
+
+
+def test_bench_args_parse_lists_and_name_what_was_expected(bench_modules):
+    import argparse
+
+    from bench_args import comma_list, positive
+
+    assert comma_list(int)("64,128") == [64, 128]
+    assert comma_list(float)("1e11, 3e12") == [1e11, 3e12]
+    assert comma_list(str, ("fp32", "bf16"))("bf16,fp32") == ["bf16", "fp32"]
+    assert positive(float)("0.5") == 0.5
+    refused = [(comma_list(int), "", "expected a comma list without empty items"),
+               (comma_list(int), "64,", "expected a comma list without empty items"),
+               (comma_list(int), "2.5", "'2.5': expected a positive integer"),
+               (comma_list(int), "-1", "'-1': expected a positive integer"),
+               (comma_list(float), "1e", "'1e': expected a positive number"),
+               (positive(float), "nan", "'nan': expected a positive number"),
+               (positive(int), "0", "'0': expected a positive integer"),
+               (comma_list(str, ("id", "features")), "id,idd", "'idd': expected one of id, features")]
+    for parse, text, message in refused:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
+            parse(text)
+
+
+def test_bench_run_ends_a_package_error_in_one_line(tmp_path, monkeypatch, bench_modules):
+    import train_throughput
+    from bench_args import run
+
+    missing = tmp_path / "nowhere"
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--prepared", str(missing)])
+    with pytest.raises(SystemExit) as exc:
+        run(train_throughput.main)
+    message = str(exc.value.code)
+    assert message.startswith(f"train_throughput.py: error: {missing / 'events.parquet'}: not found")
+    assert "\n" not in message
 
 
 def test_train_throughput_refuses_bf16_without_native_support(tmp_path, monkeypatch, bench_modules):
@@ -133,3 +176,18 @@ def test_envelope_budget_table_counts_runs_per_worker_hours(bench_modules):
     assert table.loc[1e11, "runs"] == 2 and table.loc[1e11, "mean_wall_s"] == 20.0
     assert table.loc[1e11, "train_share"] == 0.5 and table.loc[1e12, "train_share"] == 0.8
     assert table.loc[1e11, "runs_in_envelope"] == 360 and table.loc[1e12, "runs_in_envelope"] == 72
+
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])  # in-process (the load fails in the sweep) or a pool (a run fails)
+def test_envelope_says_why_its_runs_failed(tmp_path, monkeypatch, bench_modules, workers):
+    import envelope
+    from bench_args import run
+
+    monkeypatch.setattr(sys, "argv", ["envelope.py", "--prepared", str(tmp_path), "--budgets", "1e6", "--n-models",
+                                      "1", "--workers", workers])
+    with pytest.raises(SystemExit) as exc:
+        run(envelope.main)
+    message = str(exc.value.code)
+    assert message.startswith("envelope.py: error: ") and "\n" not in message
+    assert f"{tmp_path / 'ml-1m' / 'events.parquet'}: not found" in message
