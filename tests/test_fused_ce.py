@@ -93,6 +93,7 @@ def test_frozen_sampled_matches_reference(chunk, logq, dense, device):
     sampler = NegativeSampler("popularity", 12, torch.arange(13.0))
     neg = sampler.sample(30, 6, torch.Generator(device).manual_seed(1))
     neg[0, 0] = pos[0]  # an accidental hit
+    neg[2, 4:] = pos[2]  # two in another row
     neg[1, :3] = neg[1, 3]  # the same negative four times for one target
     log_q = sampler.log_q(neg) if logq else None
     ref = sampled_softmax_loss(h, cache[pos], cache[neg], pos, neg, log_q, temperature=0.5)
@@ -120,6 +121,7 @@ def test_table_sampled_gradient_matches_reference(chunk, dense, device):
     sampler = NegativeSampler("popularity", 12, torch.arange(13.0))
     neg = sampler.sample(30, 6, torch.Generator(device).manual_seed(1))
     neg[0, 0] = pos[0]
+    neg[2, 4:] = pos[2]
     neg[1, :3] = neg[1, 3]
     log_q = sampler.log_q(neg)
     sampled_softmax_loss(h, table[pos], table[neg], pos, neg, log_q, temperature=0.5).backward()

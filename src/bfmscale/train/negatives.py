@@ -11,10 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
-from bfmscale.train.fused_ce import fused_linear_cross_entropy, fused_sampled_cross_entropy
+from bfmscale.train.fused_ce import HIT_MASK, fused_linear_cross_entropy, fused_sampled_cross_entropy
 
-# A sampled negative equal to the positive gets this logit: large, finite (no inf - inf = nan in the softmax).
-HIT_MASK = -1e9
 # CPU negatives: row blocks with their own generators (torch's CPU generator is serial: 13 M codes took 70-100 ms),
 # a fixed count so that the codes do not depend on the thread count; threads only for draws this large.
 DRAW_BLOCKS = 8
@@ -161,14 +159,16 @@ def sampled_logits(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, pos_co
 
 
 def correct_sampled_logits(raw: torch.Tensor, pos_codes: torch.Tensor, neg_codes: torch.Tensor,
-                           neg_log_q: torch.Tensor | None) -> torch.Tensor:
+                           neg_log_q: torch.Tensor | None, hits_masked: bool = False) -> torch.Tensor:
     """fp32 [N, 1 + K] logits from raw dot products (positive first): logQ correction and accidental-hit
-    mask, applied in place (on raw itself when it is fp32 already)."""
+    mask, applied in place (on raw itself when it is fp32 already). `hits_masked`: raw already holds HIT_MASK
+    where a negative is the positive (the dense fused route writes it into the scores before gathering)."""
     logits = raw.float()
     neg_logits = logits[:, 1:]
     if neg_log_q is not None:
         neg_logits.sub_(neg_log_q).sub_(math.log(neg_codes.shape[1]))
-    neg_logits.masked_fill_(neg_codes == pos_codes.unsqueeze(1), HIT_MASK)
+    if not hits_masked:
+        neg_logits.masked_fill_(neg_codes == pos_codes.unsqueeze(1), HIT_MASK)
     return logits
 
 
