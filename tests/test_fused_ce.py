@@ -11,8 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bfmscale.train import fused_ce
 from bfmscale.train.fused_ce import fused_linear_cross_entropy, fused_sampled_cross_entropy
-from bfmscale.train.negatives import (NegativeSampler, correct_sampled_logits, sampled_softmax_loss,
-                                      table_sampled_softmax_loss)
+from bfmscale.train.negatives import NegativeSampler, sampled_softmax_loss, table_sampled_softmax_loss
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
@@ -100,7 +99,7 @@ def test_frozen_sampled_matches_reference(chunk, logq, dense, device):
     ref.backward()
     gh = h.grad.clone()
     h.grad = None
-    out = fused_sampled_cross_entropy(h / 0.5, cache, pos, neg, log_q, correct_sampled_logits, dense=dense, chunk=chunk)
+    out = fused_sampled_cross_entropy(h / 0.5, cache, pos, neg, log_q, dense=dense, chunk=chunk)
     (3.0 * out).backward()
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(h.grad, 3 * gh, rtol=1e-4, atol=1e-6)
@@ -127,7 +126,7 @@ def test_table_sampled_gradient_matches_reference(chunk, dense, device):
     sampled_softmax_loss(h, table[pos], table[neg], pos, neg, log_q, temperature=0.5).backward()
     gh, gt = h.grad.clone(), table.grad.clone()
     h.grad = table.grad = None
-    out = fused_sampled_cross_entropy(h / 0.5, table, pos, neg, log_q, correct_sampled_logits, dense=dense, chunk=chunk)
+    out = fused_sampled_cross_entropy(h / 0.5, table, pos, neg, log_q, dense=dense, chunk=chunk)
     (2.0 * out).backward()
     torch.testing.assert_close(h.grad, 2 * gh, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(table.grad, 2 * gt, rtol=1e-4, atol=1e-6)
@@ -142,13 +141,13 @@ def test_frozen_sampled_routes_agree_under_autocast(device):
     h = torch.randn(50, 16).to(device).requires_grad_()
     pos = torch.randint(1, 41, (50,)).to(device)
     neg = torch.randint(1, 41, (50, 7)).to(device)
-    ref = fused_sampled_cross_entropy(h, cache, pos, neg, None, correct_sampled_logits, dense=False)
+    ref = fused_sampled_cross_entropy(h, cache, pos, neg, None, dense=False)
     ref.backward()
     gh = h.grad.clone()
     for dense in (False, True):
         h.grad = None
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            out = fused_sampled_cross_entropy(h, cache, pos, neg, None, correct_sampled_logits, dense=dense)
+            out = fused_sampled_cross_entropy(h, cache, pos, neg, None, dense=dense)
         out.backward()
         assert h.grad.dtype == torch.float32
         torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
@@ -159,11 +158,11 @@ def test_frozen_sampled_default_route_follows_catalog_size(monkeypatch):
     """The dense route is taken while I <= DENSE_MAX_RATIO * (K + 1), the gather route beyond."""
     routes = []
     real = fused_ce._FusedSampledCE.apply
-    monkeypatch.setattr(fused_ce._FusedSampledCE, "apply", lambda *a: routes.append(a[6]) or real(*a))
+    monkeypatch.setattr(fused_ce._FusedSampledCE, "apply", lambda *a: routes.append(a[5]) or real(*a))
     h, pos = torch.randn(4, 8), torch.tensor([1, 2, 3, 4])
     for n_items, k in [(fused_ce.DENSE_MAX_RATIO * 5, 4), (fused_ce.DENSE_MAX_RATIO * 5 + 1, 4)]:
         cache = torch.randn(n_items + 1, 8)
-        fused_sampled_cross_entropy(h, cache, pos, torch.randint(1, n_items + 1, (4, k)), None, correct_sampled_logits)
+        fused_sampled_cross_entropy(h, cache, pos, torch.randint(1, n_items + 1, (4, k)), None)
     assert routes == [True, False]
 
 
@@ -176,8 +175,7 @@ def test_default_chunks_follow_the_device(monkeypatch):
         monkeypatch.setattr(fn, "apply", lambda *a, real=real: chunks.append(a[-1]) or real(*a))
     h, table = torch.randn(5, 8), torch.randn(1001, 8)
     fused_linear_cross_entropy(h, table, torch.arange(5))
-    fused_sampled_cross_entropy(h, table, torch.arange(1, 6), torch.randint(1, 1001, (5, 3)), None,
-                                correct_sampled_logits, dense=False)
+    fused_sampled_cross_entropy(h, table, torch.arange(1, 6), torch.randint(1, 1001, (5, 3)), None, dense=False)
     assert chunks == [fused_ce.CHUNK_BYTES // (4 * 1001), fused_ce.CHUNK_BYTES // (4 * 8 * 4)]
     gpu = torch.device("cuda")  # only the device's type is read: no GPU needed
     assert fused_ce.chunk_rows(4 * 1001, gpu) == fused_ce.GPU_CHUNK_BYTES // (4 * 1001) > chunks[0]
@@ -264,5 +262,5 @@ def test_uniform_log_q_is_one_value_equal_to_per_code(chunk):
     ref = sampled_softmax_loss(h, table[pos], table[neg], pos, neg, per_code)
     torch.testing.assert_close(sampled_softmax_loss(h, table[pos], table[neg], pos, neg, log_q), ref)
     for dense in (False, True):
-        out = fused_sampled_cross_entropy(h, table, pos, neg, log_q, correct_sampled_logits, dense=dense, chunk=chunk)
+        out = fused_sampled_cross_entropy(h, table, pos, neg, log_q, dense=dense, chunk=chunk)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)

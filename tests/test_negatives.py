@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from bfmscale.train import negatives
-from bfmscale.train.negatives import (DRAW_BLOCKS, HIT_MASK, NegativeSampler, alias_table, catalog_inbatch_loss,
+from bfmscale.train.fused_ce import HIT_MASK
+from bfmscale.train.negatives import (DRAW_BLOCKS, NegativeSampler, alias_table, catalog_inbatch_loss,
                                       catalog_sampled_loss, full_softmax_loss, inbatch_logits, inbatch_loss,
                                       keyed_uniforms, sampled_logits, sampled_softmax_loss)
 
@@ -221,9 +222,9 @@ def test_losses_from_catalog_logits_equal_the_training_objectives(logq):
     scores = (h / temp) @ catalog.T
     neg_log_q = sampler.log_q(neg) if logq else None
     per_row = catalog_sampled_loss(scores, targets, neg, neg_log_q)
-    rows = [sampled_softmax_loss(h[i : i + 1], catalog[targets[i : i + 1] - 1], catalog[neg[i : i + 1] - 1],
-                                 targets[i : i + 1], neg[i : i + 1], None if neg_log_q is None else neg_log_q[i : i + 1],
-                                 temp) for i in range(12)]
+    one = [slice(i, i + 1) for i in range(12)]
+    rows = [sampled_softmax_loss(h[r], catalog[targets[r] - 1], catalog[neg[r] - 1], targets[r], neg[r],
+                                 None if neg_log_q is None else neg_log_q[r], temp) for r in one]
     torch.testing.assert_close(per_row, torch.stack(rows))
     log_q = sampler.log_probs if logq else None
     per_row = catalog_inbatch_loss(scores, targets, log_q)

@@ -15,12 +15,26 @@ Same logits and gradients as `sampled_softmax_loss`, with the same logQ correcti
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 
 import torch
 
 # A sampled negative equal to the positive gets this logit: large, finite (no inf - inf = nan in the softmax).
 HIT_MASK = -1e9
+
+
+def correct_sampled_logits(raw: torch.Tensor, pos_codes: torch.Tensor, neg_codes: torch.Tensor,
+                           neg_log_q: torch.Tensor | None, hits_masked: bool = False) -> torch.Tensor:
+    """fp32 [N, 1 + K] logits from raw dot products (positive first): logQ correction and accidental-hit
+    mask, applied in place (on raw itself when it is fp32 already). `hits_masked`: raw already holds HIT_MASK
+    where a negative is the positive (the dense fused route writes it into the scores before gathering)."""
+    logits = raw.float()
+    neg_logits = logits[:, 1:]
+    if neg_log_q is not None:
+        neg_logits.sub_(neg_log_q).sub_(math.log(neg_codes.shape[1]))
+    if not hits_masked:
+        neg_logits.masked_fill_(neg_codes == pos_codes.unsqueeze(1), HIT_MASK)
+    return logits
 
 
 def _matmul_dtype(h: torch.Tensor) -> torch.dtype:
@@ -103,7 +117,7 @@ DENSE_MAX_RATIO = 32  # sampled CE scores the whole catalog when I <= this x (K 
 class _FusedSampledCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, table: torch.Tensor, pos_codes: torch.Tensor, neg_codes: torch.Tensor,
-                log_q: torch.Tensor | None, correct: Callable, dense: bool, chunk: int) -> torch.Tensor:
+                log_q: torch.Tensor | None, dense: bool, chunk: int) -> torch.Tensor:
         n = h.shape[0]
         dh = torch.empty_like(h)
         dtable = torch.zeros(table.shape, dtype=torch.float32, device=h.device) if ctx.needs_input_grad[1] else None
@@ -127,7 +141,7 @@ class _FusedSampledCE(torch.autograd.Function):
                 codes = torch.cat([pc.unsqueeze(1), nc], dim=1)  # [c, 1+K], the positive first
                 cand = mm[codes]
                 raw = torch.bmm(cand, hc.unsqueeze(-1)).squeeze(-1)
-            grad, loss = _softmax_grad(correct(raw, pc, nc, lq, hits_masked=dense), torch.zeros_like(pc))
+            grad, loss = _softmax_grad(correct_sampled_logits(raw, pc, nc, lq, hits_masked=dense), torch.zeros_like(pc))
             total += loss  # the positive is column 0
             if dense:  # candidate gradients summed per code in fp32 (repeated negatives add up), cast once
                 per_code = torch.zeros((len(hc), mm.shape[0]), dtype=torch.float32, device=h.device)
@@ -152,7 +166,7 @@ class _FusedSampledCE(torch.autograd.Function):
         dh, dtable = ctx.saved_tensors
         scale = grad_out / ctx.n  # as in _FusedLinearCE.backward
         dt = None if dtable is None else (dtable * scale).to(ctx.table_dtype)
-        return dh * scale, dt, None, None, None, None, None, None
+        return dh * scale, dt, None, None, None, None, None
 
 
 def dense_route(n_items: int, k1: int) -> bool:
@@ -167,11 +181,11 @@ def sampled_row_bytes(n_items: int, k1: int, d: int, elem_bytes: int, dense: boo
 
 
 def fused_sampled_cross_entropy(h: torch.Tensor, table: torch.Tensor, pos_codes: torch.Tensor,
-                                neg_codes: torch.Tensor, log_q: torch.Tensor | None, correct: Callable,
-                                dense: bool | None = None, chunk: int | None = None) -> torch.Tensor:
+                                neg_codes: torch.Tensor, log_q: torch.Tensor | None, dense: bool | None = None,
+                                chunk: int | None = None) -> torch.Tensor:
     """Mean sampled CE with candidates read from `table` (row = item code: a frozen embedder's cache, or the item
-    table, which then gets its gradient), `chunk` targets at a time;
-    `correct` is `negatives.correct_sampled_logits`. Two routes, same logits and gradients: gather each target's
+    table, which then gets its gradient), `chunk` targets at a time, logits corrected by `correct_sampled_logits`.
+    Two routes, same logits and gradients: gather each target's
     K+1 candidate vectors (memory-bound, N·K·d reads), or (`dense`) score the whole catalog with a matmul and take
     the candidates' columns (N·I·d FLOPs, far faster while the catalog is small). Default: dense when
     I <= DENSE_MAX_RATIO·(K+1) (measured here: dense 1.5-12x faster at I/(K+1) of 4-49, slower from ~70 on).
@@ -180,4 +194,4 @@ def fused_sampled_cross_entropy(h: torch.Tensor, table: torch.Tensor, pos_codes:
     dense = dense_route(n_items, k1) if dense is None else dense
     row_bytes = sampled_row_bytes(n_items, k1, table.shape[1], _matmul_dtype(h).itemsize, dense)
     chunk = chunk or chunk_rows(row_bytes, h.device)
-    return _FusedSampledCE.apply(h, table, pos_codes, neg_codes, log_q, correct, dense, chunk)
+    return _FusedSampledCE.apply(h, table, pos_codes, neg_codes, log_q, dense, chunk)

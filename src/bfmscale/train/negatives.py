@@ -5,13 +5,12 @@ Every position predicts its next event; h [N, d] are the context vectors of the 
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
 
-from bfmscale.train.fused_ce import HIT_MASK, fused_linear_cross_entropy, fused_sampled_cross_entropy
+from bfmscale.train.fused_ce import correct_sampled_logits, fused_linear_cross_entropy, fused_sampled_cross_entropy
 
 # CPU negatives: row blocks with their own generators (torch's CPU generator is serial: 13 M codes took 70-100 ms),
 # a fixed count so that the codes do not depend on the thread count; threads only for draws this large.
@@ -158,27 +157,12 @@ def sampled_logits(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, pos_co
     return correct_sampled_logits(raw, pos_codes, neg_codes, neg_log_q)
 
 
-def correct_sampled_logits(raw: torch.Tensor, pos_codes: torch.Tensor, neg_codes: torch.Tensor,
-                           neg_log_q: torch.Tensor | None, hits_masked: bool = False) -> torch.Tensor:
-    """fp32 [N, 1 + K] logits from raw dot products (positive first): logQ correction and accidental-hit
-    mask, applied in place (on raw itself when it is fp32 already). `hits_masked`: raw already holds HIT_MASK
-    where a negative is the positive (the dense fused route writes it into the scores before gathering)."""
-    logits = raw.float()
-    neg_logits = logits[:, 1:]
-    if neg_log_q is not None:
-        neg_logits.sub_(neg_log_q).sub_(math.log(neg_codes.shape[1]))
-    if not hits_masked:
-        neg_logits.masked_fill_(neg_codes == pos_codes.unsqueeze(1), HIT_MASK)
-    return logits
-
-
 def table_sampled_softmax_loss(h: torch.Tensor, table: torch.Tensor, pos_codes: torch.Tensor,
                                neg_codes: torch.Tensor, neg_log_q: torch.Tensor | None,
                                temperature: float = 1.0) -> torch.Tensor:
     """Mean sampled CE with candidates read from an item table by code (a frozen cache, or trainable with its
     gradient), fused so [N, K+1, d] is never materialized."""
-    return fused_sampled_cross_entropy(_scaled(h, temperature), table, pos_codes, neg_codes, neg_log_q,
-                                       correct_sampled_logits)
+    return fused_sampled_cross_entropy(_scaled(h, temperature), table, pos_codes, neg_codes, neg_log_q)
 
 
 def _positive_first_ce(logits: torch.Tensor, reduction: str) -> torch.Tensor:
