@@ -175,27 +175,28 @@ def main() -> None:
             amp = amps[prec]
             try:
                 peak = matmul_peak(dtypes[prec], device, n)  # the denominator, next to the row it divides
-                run = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps)
-            except RuntimeError as e:  # e.g. a GPU grid up to d=1024 outgrowing the card: say so, go on, fail at the end
+                timed = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps)
+            except RuntimeError as e:  # e.g. a GPU grid up to d=1024 outgrowing the card: say so, go on, fail later
                 failed.append(f"{d} {layers} {t} {obj} {emb} {prec}: {type(e).__name__}: {str(e).splitlines()[0]}")
                 broken.add(prec)
                 print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5}   failed: {failed[-1]}", flush=True)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            if prec not in best or run.tokens_per_s > best[prec][0].tokens_per_s:
-                best[prec] = (run, peak)
-        for prec, (run, peak) in best.items():
+            if prec not in best or timed.tokens_per_s > best[prec][0].tokens_per_s:
+                best[prec] = (timed, peak)
+        for prec, (timed, peak) in best.items():
             extra = ""
             if args.compile:
                 comp = bench_config(ds, seqs, catalog, mc, tc, device, amps[prec], args.batch_size, args.steps,
                                     compile=True)
-                extra = f" {comp.tokens_per_s:>15,.0f} {comp.tokens_per_s / run.tokens_per_s:>8.2f}x {comp.warmup_s:>10.1f}"
-            ratio = (f"{run.tokens_per_s / best['fp32'][0].tokens_per_s:>8.2f}x" if prec == "bf16" and "fp32" in best
+                speedup = comp.tokens_per_s / timed.tokens_per_s
+                extra = f" {comp.tokens_per_s:>15,.0f} {speedup:>8.2f}x {comp.warmup_s:>10.1f}"
+            ratio = (f"{timed.tokens_per_s / best['fp32'][0].tokens_per_s:>8.2f}x" if prec == "bf16" and "fp32" in best
                      else f"{'-':>9}")
-            mfu, hfu = (100 * f / 1e9 / peak for f in (run.model_flops_per_s, run.hardware_flops_per_s))
-            print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5} {run.tokens_per_s:>10,.0f} "
-                  f"{run.model_flops_per_s / 1e9:>8.1f} {mfu:>5.1f}% {hfu:>5.1f}% {peak:>7.0f} {ratio}" + extra,
+            mfu, hfu = (100 * f / 1e9 / peak for f in (timed.model_flops_per_s, timed.hardware_flops_per_s))
+            print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5} {timed.tokens_per_s:>10,.0f} "
+                  f"{timed.model_flops_per_s / 1e9:>8.1f} {mfu:>5.1f}% {hfu:>5.1f}% {peak:>7.0f} {ratio}" + extra,
                   flush=True)
     print(f"matmul peak ({n}^3) at the end: " +
           ", ".join(f"{p} {matmul_peak(dtypes[p], device, n):.1f} GFLOP/s" for p in precisions), flush=True)
