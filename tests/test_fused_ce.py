@@ -79,11 +79,17 @@ def test_under_autocast_matches_plain_autocast():
     torch.testing.assert_close(e.grad, ge, rtol=0.05, atol=2e-4)
 
 
+# The sampled CE's routes as (dense, bag) keywords: gather the candidates; score the catalog and form dh from the
+# per-code gradients by a matmul; score the catalog and form dh by weighted bags of the candidates' rows.
+ROUTES = {"gather": dict(dense=False, bag=False), "dense": dict(dense=True, bag=False),
+          "bag": dict(dense=True, bag=True)}
+
+
 @pytest.mark.parametrize("chunk", [1, 5, 1000])
 @pytest.mark.parametrize("logq", [True, False])
-@pytest.mark.parametrize("dense", [False, True])
-def test_frozen_sampled_matches_reference(chunk, logq, dense, device):
-    """Fused sampled CE over a frozen cache, either route: same loss and dh as the plain path, accidental hits
+@pytest.mark.parametrize("route", ROUTES)
+def test_frozen_sampled_matches_reference(chunk, logq, route, device):
+    """Fused sampled CE over a frozen cache, any route: same loss and dh as the plain path, accidental hits
     still masked, repeated negatives counted once each."""
     torch.manual_seed(0)
     cache = torch.randn(13, 8).to(device)  # codes 0..12, row 0 = padding
@@ -99,7 +105,7 @@ def test_frozen_sampled_matches_reference(chunk, logq, dense, device):
     ref.backward()
     gh = h.grad.clone()
     h.grad = None
-    out = fused_sampled_cross_entropy(h / 0.5, cache, pos, neg, log_q, dense=dense, chunk=chunk)
+    out = fused_sampled_cross_entropy(h / 0.5, cache, pos, neg, log_q, chunk=chunk, **ROUTES[route])
     (3.0 * out).backward()
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(h.grad, 3 * gh, rtol=1e-4, atol=1e-6)
@@ -109,9 +115,9 @@ def test_frozen_sampled_matches_reference(chunk, logq, dense, device):
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
-@pytest.mark.parametrize("dense", [False, True])
-def test_table_sampled_gradient_matches_reference(chunk, dense, device):
-    """With a trainable item table, either route gives the plain path's loss and the gradients of h and of every
+@pytest.mark.parametrize("route", ROUTES)
+def test_table_sampled_gradient_matches_reference(chunk, route, device):
+    """With a trainable item table, any route gives the plain path's loss and the gradients of h and of every
     table row (positives, repeated negatives and accidental hits included; the padding row gets none)."""
     torch.manual_seed(0)
     table = torch.randn(13, 8).to(device).requires_grad_()
@@ -126,7 +132,7 @@ def test_table_sampled_gradient_matches_reference(chunk, dense, device):
     sampled_softmax_loss(h, table[pos], table[neg], pos, neg, log_q, temperature=0.5).backward()
     gh, gt = h.grad.clone(), table.grad.clone()
     h.grad = table.grad = None
-    out = fused_sampled_cross_entropy(h / 0.5, table, pos, neg, log_q, dense=dense, chunk=chunk)
+    out = fused_sampled_cross_entropy(h / 0.5, table, pos, neg, log_q, chunk=chunk, **ROUTES[route])
     (2.0 * out).backward()
     torch.testing.assert_close(h.grad, 2 * gh, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(table.grad, 2 * gt, rtol=1e-4, atol=1e-6)
@@ -134,7 +140,7 @@ def test_table_sampled_gradient_matches_reference(chunk, dense, device):
 
 
 def test_frozen_sampled_routes_agree_under_autocast(device):
-    """Under bf16 autocast both routes read the bf16 cache: losses and dh agree with fp32 to bf16 precision, and
+    """Under bf16 autocast every route reads the bf16 cache: losses and dh agree with fp32 to bf16 precision, and
     the gradient comes back in h's fp32."""
     torch.manual_seed(0)
     cache = torch.randn(41, 16).to(device)
@@ -144,10 +150,10 @@ def test_frozen_sampled_routes_agree_under_autocast(device):
     ref = fused_sampled_cross_entropy(h, cache, pos, neg, None, dense=False)
     ref.backward()
     gh = h.grad.clone()
-    for dense in (False, True):
+    for route in ROUTES.values():
         h.grad = None
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            out = fused_sampled_cross_entropy(h, cache, pos, neg, None, dense=dense)
+            out = fused_sampled_cross_entropy(h, cache, pos, neg, None, **route)
         out.backward()
         assert h.grad.dtype == torch.float32
         torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
@@ -164,6 +170,25 @@ def test_frozen_sampled_default_route_follows_catalog_size(monkeypatch):
         cache = torch.randn(n_items + 1, 8)
         fused_sampled_cross_entropy(h, cache, pos, torch.randint(1, n_items + 1, (4, k)), None)
     assert routes == [True, False]
+
+
+def test_default_bag_route_follows_device_table_and_catalog_size(monkeypatch):
+    """On the CPU the dense route forms dh by bags for a frozen table always, for a trainable one while
+    I >= BAG_MIN_RATIO * (K + 1); GPUs and the gather route never."""
+    cpu, gpu, ratio = torch.device("cpu"), torch.device("cuda"), fused_ce.BAG_MIN_RATIO  # only the type is read
+    assert fused_ce.bag_route(cpu, 3706, 1025, table_grad=False)
+    assert fused_ce.bag_route(cpu, ratio * 129, 129, table_grad=True)
+    assert not fused_ce.bag_route(cpu, ratio * 129 - 1, 129, table_grad=True)
+    assert not fused_ce.bag_route(gpu, 3706, 1025, table_grad=False)
+    bags = []
+    real = fused_ce._FusedSampledCE.apply
+    monkeypatch.setattr(fused_ce._FusedSampledCE, "apply", lambda *a: bags.append(a[6]) or real(*a))
+    h, pos, n_items, k = torch.randn(4, 8), torch.tensor([1, 2, 3, 4]), ratio * 5 - 1, 4
+    neg = torch.randint(1, n_items + 1, (4, k))
+    for table in (torch.randn(n_items + 1, 8), torch.randn(n_items + 1, 8, requires_grad=True)):
+        fused_sampled_cross_entropy(h, table, pos, neg, None, dense=True)
+    fused_sampled_cross_entropy(h, torch.randn(n_items + 1, 8), pos, neg, None, dense=False, bag=True)
+    assert bags == [True, False, False]
 
 
 def test_default_chunks_follow_the_device(monkeypatch):
