@@ -4,7 +4,8 @@ Grid: d_model x layers x T x objective (full softmax, sampled K=128, frozen embe
 features) x precision (fp32, bf16 when the device has it natively). Timed steps run the loop's own `train_step`.
 MFU divides the model FLOPs the study charges (`step_flops`: K+1 candidates per target, the feature MLP per lookup);
 HFU the FLOPs the step executes, counted by torch.utils.flop_counter on one step (the dense sampled route scores
-the whole catalog, the catalog route runs the MLP once per item). The peak is measured right before each row, in
+the whole catalog, the catalog route runs the MLP once per item; the CPU's bags of candidate rows for the sampled
+CE's dh are lookups it does not count). The peak is measured right before each row, in
 that row's precision (these boxes drift: one 2-core VM measured an fp32 peak of 196 GFLOP/s at the start of one
 grid and 126 at the start of another), and at the start and the end of the grid, to show the drift. With
 `--rounds R` each configuration is timed R times, alternating its precisions, and each row keeps its fastest round
