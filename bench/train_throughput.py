@@ -86,10 +86,11 @@ def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, am
     ready_for_training(model, dataclasses.replace(tc, compile=compile))
     win = train_windows(seqs, mc.max_len)
     full = np.flatnonzero(win.lengths == mc.max_len + 1)  # full-length windows: the steady state of a long run
-    batches = [b for b in plan_epoch(win.subset(full), batch_size, np.random.default_rng(0)) if len(b) == batch_size]
-    obj = Objective(tc, NegativeSampler(tc.sampler, catalog.n_items, catalog.popularity), torch.Generator(device).manual_seed(0))
-    opt = make_optimizer(model, tc.lr, tc)
     sub = win.subset(full)
+    batches = [b for b in plan_epoch(sub, batch_size, np.random.default_rng(0)) if len(b) == batch_size]
+    sampler = NegativeSampler(tc.sampler, catalog.n_items, catalog.popularity)
+    obj = Objective(tc, sampler, torch.Generator(device).manual_seed(0))
+    opt = make_optimizer(model, tc.lr, tc)
     tokens = flops = 0.0
     elapsed = warmup = 0.0
     for i, idx in enumerate(batches[: steps + 2]):
