@@ -178,7 +178,6 @@ def test_envelope_budget_table_counts_runs_per_worker_hours(bench_modules):
     assert table.loc[1e11, "runs_in_envelope"] == 360 and table.loc[1e12, "runs_in_envelope"] == 72
 
 
-
 @pytest.mark.parametrize("workers", ["1", "2"])  # in-process (the load fails in the sweep) or a pool (a run fails)
 def test_envelope_says_why_its_runs_failed(tmp_path, monkeypatch, bench_modules, workers):
     import envelope

@@ -139,7 +139,7 @@ class _FusedSampledCE(torch.autograd.Function):
                 # compare and a fill over [c, K]: training steps 1.02-1.06x at K=1024, the same values bit for bit)
                 scores[r, pc] = HIT_MASK
                 torch.gather(scores, 1, nc, out=raw[:, 1:])
-                del scores  # freed before the [c, I+1] gradient buffer: malloc hands that the same, cache-warm block
+                del scores  # freed before any [c, I+1] gradient buffer: malloc hands that the same, cache-warm block
             else:  # [c, 1+K, d] candidate vectors
                 cand = mm[codes]
                 raw = torch.bmm(cand, hc.unsqueeze(-1)).squeeze(-1)
