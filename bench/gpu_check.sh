@@ -3,9 +3,10 @@
 # the CUDA cases of the device-parametrized tests (`pytest -m cuda`), the training-throughput grid in bf16 and fp32
 # up to d_model=1024 (MFU against the card's matmul peak measured in the same run), then SASRec-size training runs
 # on CUDA with precision `auto` (bf16) and their test metrics: the quality configuration of bench/README.md (full softmax,
-# 1e14 FLOPs) and the sampled objective (K=128, 3e13 FLOPs) with uniform and with popularity negatives.
+# 1e14 FLOPs) and the sampled objective (K=128, 3e13 FLOPs) with uniform and with popularity negatives; last, the
+# sampled CE's routes side by side (bench/sampled_ce_routes.py: do the CPU's route rules hold on this GPU?).
 # Logs go to $OUT (or results/gpu).
-# Usage: bash bench/gpu_check.sh [grid seconds] [full-softmax run seconds] [each sampled run seconds]
+# Usage: bash bench/gpu_check.sh [grid seconds] [full-softmax run seconds] [each sampled run seconds] [routes seconds]
 set -uo pipefail
 export PYTHONPATH=src:bench PYTHONUNBUFFERED=1
 out=${OUT:-results/gpu}
@@ -28,3 +29,5 @@ for sampler in uniform popularity; do
   timeout "${3:-100}" python3 -m bfmscale run --out "$runs/$sampler" $sasrec train.objective=sampled \
     train.n_negatives=128 train.sampler=$sampler train.flops=3e13 2>&1 | tee "$out/run-sampled-$sampler.log"
 done
+timeout "${4:-100}" python3 bench/sampled_ce_routes.py --device cuda --targets 25600 --d-models 64,256,1024 \
+  --negatives 128,1024 2>&1 | tee "$out/sampled_ce_routes.log"
