@@ -192,19 +192,21 @@ def test_envelope_says_why_its_runs_failed(tmp_path, monkeypatch, bench_modules,
     assert f"{tmp_path / 'ml-1m' / 'events.parquet'}: not found" in message
 
 
-SAMPLED_ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(frozen|trainable)\s+(fp32|bf16)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+"
+SAMPLED_ROW = re.compile(r"^\s*200\s+[\d.]+\s+(\d+)\s+(\d+)\s+(frozen|trainable)\s+(fp32|bf16)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+"
                          r"([\d.]+)x\s+(gather|matmul|bag)$")
 
 
 def test_sampled_ce_routes_times_every_route_and_names_the_default(monkeypatch, capsys, bench_modules):
     import sampled_ce_routes
 
-    # I = 200: K=4 is past the dense limit (200 > 32·5), so gather; K=16 is dense and 200 >= 10·17 takes the bag
+    # I = 200: K=4 is past fp32's dense limit (200 > 32·5), so gather, but within bf16's (200 <= 64·5); dense
+    # routes take the bag (200 >= 10·17)
     monkeypatch.setattr(sys, "argv", ["sampled_ce_routes.py", "--device", "cpu", "--targets", "24", "--items", "200",
                                       "--d-models", "8", "--negatives", "4,16", "--rounds", "1"])
     sampled_ce_routes.main()
     rows = [m.groups() for m in map(SAMPLED_ROW.match, capsys.readouterr().out.splitlines()) if m]
     assert {(r[1], r[2], r[3]) for r in rows} == {(k, t, p) for k in ("4", "16") for t in ("frozen", "trainable")
                                                   for p in ("fp32", "bf16")} and len(rows) == 8
-    assert {r[1]: r[8] for r in rows} == {"4": "gather", "16": "bag"}
+    assert {(r[1], r[3]): r[8] for r in rows} == {("4", "fp32"): "gather", ("4", "bf16"): "bag", ("16", "fp32"): "bag",
+                                                  ("16", "bf16"): "bag"}
     assert all(float(r[i]) > 0 for r in rows for i in (4, 5, 6)), rows

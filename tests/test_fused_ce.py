@@ -160,16 +160,24 @@ def test_frozen_sampled_routes_agree_under_autocast(device):
         torch.testing.assert_close(h.grad, gh, rtol=5e-2, atol=2e-3)
 
 
-def test_frozen_sampled_default_route_follows_catalog_size(monkeypatch):
-    """The dense route is taken while I <= DENSE_MAX_RATIO * (K + 1), the gather route beyond."""
+@pytest.mark.parametrize("bf16", [False, True])
+def test_frozen_sampled_default_route_follows_catalog_size(monkeypatch, bf16):
+    """The dense route is taken while I <= ratio * (K + 1), the gather route beyond; the ratio is DENSE_MAX_RATIO in
+    fp32 and DENSE_MAX_RATIO_HALF under bf16 autocast on the CPU (a GPU keeps DENSE_MAX_RATIO)."""
     routes = []
     real = fused_ce._FusedSampledCE.apply
     monkeypatch.setattr(fused_ce._FusedSampledCE, "apply", lambda *a: routes.append(a[5]) or real(*a))
     h, pos = torch.randn(4, 8), torch.tensor([1, 2, 3, 4])
-    for n_items, k in [(fused_ce.DENSE_MAX_RATIO * 5, 4), (fused_ce.DENSE_MAX_RATIO * 5 + 1, 4)]:
+    ratio = fused_ce.DENSE_MAX_RATIO_HALF if bf16 else fused_ce.DENSE_MAX_RATIO
+    assert fused_ce.DENSE_MAX_RATIO_HALF > fused_ce.DENSE_MAX_RATIO  # so the two cases differ
+    for n_items in (fused_ce.DENSE_MAX_RATIO * 5, ratio * 5, ratio * 5 + 1):
         cache = torch.randn(n_items + 1, 8)
-        fused_sampled_cross_entropy(h, cache, pos, torch.randint(1, n_items + 1, (4, k)), None)
-    assert routes == [True, False]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            fused_sampled_cross_entropy(h, cache, pos, torch.randint(1, n_items + 1, (4, 4)), None)
+    assert routes == [True, True, False]
+    n_items = fused_ce.DENSE_MAX_RATIO_HALF * 5  # only the device's type is read
+    assert not fused_ce.dense_route(n_items, 5, torch.device("cuda"), half=True)
+    assert fused_ce.dense_route(n_items, 5, torch.device("cpu"), half=True)
 
 
 def test_default_bag_route_follows_device_table_and_catalog_size(monkeypatch):

@@ -22,7 +22,7 @@ from bfmscale.atomic import atomic_path, write_json
 from bfmscale.config import RunConfig
 
 # Bump whenever training or evaluation semantics change, so that stale results are never mixed with new ones.
-RUN_FORMAT = 10  # 2: CPU dropout masks from raw random bits, fp32 attention under CPU bf16 autocast;
+RUN_FORMAT = 11  # 2: CPU dropout masks from raw random bits, fp32 attention under CPU bf16 autocast;
 # 3: fused CE softmax in the logits dtype (bf16 gradients rounded once), sampled per-item gradients summed in bf16;
 # 4: explicit bf16 attention under CPU bf16 autocast while T <= 4 d_head;
 # 5: dense sampled CE sums per-code gradients in fp32 (bf16: rounded once); CPU negatives drawn in seeded row
@@ -37,6 +37,7 @@ RUN_FORMAT = 10  # 2: CPU dropout masks from raw random bits, fp32 attention und
 # 10: the dense sampled CE's dh on the CPU is a weighted embedding_bag of the K+1 candidates' rows for a frozen
 # table, and for a trainable one while I >= 10 (K+1) (fp32: float-level; bf16: each candidate's weight is rounded,
 # where the per-code sum was rounded once)
+# 11: under bf16 autocast the sampled CE takes the dense route while I <= 64 (K+1) (was 32; float-level)
 
 STATES = ("pending", "running", "done", "failed")
 

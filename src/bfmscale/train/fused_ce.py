@@ -113,6 +113,7 @@ def fused_linear_cross_entropy(h: torch.Tensor, catalog: torch.Tensor, targets: 
 
 
 DENSE_MAX_RATIO = 32  # sampled CE scores the whole catalog when I <= this x (K + 1) (see below)
+DENSE_MAX_RATIO_HALF = 64  # the same on the CPU with 16-bit matmuls (bf16 autocast), whose dense route is cheaper
 BAG_MIN_RATIO = 10  # CPU: a trainable table's dh from bags of its rows when I >= this x (K + 1) (see below)
 
 
@@ -175,9 +176,13 @@ class _FusedSampledCE(torch.autograd.Function):
         return dh * scale, dt, None, None, None, None, None, None
 
 
-def dense_route(n_items: int, k1: int) -> bool:
-    """The sampled CE's default route for I items and K+1 candidates per target: dense while I <= ratio·(K+1)."""
-    return n_items <= DENSE_MAX_RATIO * k1
+def dense_route(n_items: int, k1: int, device: torch.device, half: bool) -> bool:
+    """The sampled CE's default route for I items and K+1 candidates per target: dense while I <= ratio·(K+1), the
+    ratio 32, or 64 on the CPU with 16-bit matmuls (`half`). AMD CPU, bf16, dense over gather: the CE alone at
+    I/(K+1) = 48-64 (K=128, d=64-256) 1.22-2.19x but 0.84x for a trainable d=64 table at 64; training steps on ML-1M at
+    K=64 (57) 0.96-1.06x at d=64, 1.10-1.31x at d=128-256. GPUs keep 32: on an H200 the same steps ran 0.79-1.05x
+    with a frozen table, 0.89-1.99x with a trainable one (bench/README.md)."""
+    return n_items <= (DENSE_MAX_RATIO_HALF if half and device.type == "cpu" else DENSE_MAX_RATIO) * k1
 
 
 def bag_route(device: torch.device, n_items: int, k1: int, table_grad: bool) -> bool:
@@ -203,14 +208,14 @@ def fused_sampled_cross_entropy(h: torch.Tensor, table: torch.Tensor, pos_codes:
     table, which then gets its gradient), `chunk` targets at a time, logits corrected by `correct_sampled_logits`.
     Two routes, same logits and gradients: gather each target's
     K+1 candidate vectors (memory-bound, N·K·d reads), or (`dense`) score the whole catalog with a matmul and take
-    the candidates' columns (N·I·d FLOPs, far faster while the catalog is small). Default: dense when
-    I <= DENSE_MAX_RATIO·(K+1) (measured here: dense 1.5-12x faster at I/(K+1) of 4-49, slower from ~70 on).
+    the candidates' columns (N·I·d FLOPs, far faster while the catalog is small). Default: `dense_route`.
     The dense route forms dh by a matmul with per-code gradients, or (`bag`, default by `bag_route`) by weighted
     bags of the candidates' rows. The FLOP accounting counts the objective's K+1 candidates either way (model
     FLOPs, not hardware FLOPs)."""
     n_items, k1 = table.shape[0] - 1, neg_codes.shape[1] + 1
-    dense = dense_route(n_items, k1) if dense is None else dense
+    elem_bytes = _matmul_dtype(h).itemsize
+    dense = dense_route(n_items, k1, h.device, elem_bytes == 2) if dense is None else dense
     bag = dense and (bag_route(h.device, n_items, k1, table.requires_grad) if bag is None else bag)
-    row_bytes = sampled_row_bytes(n_items, k1, table.shape[1], _matmul_dtype(h).itemsize, dense)
+    row_bytes = sampled_row_bytes(n_items, k1, table.shape[1], elem_bytes, dense)
     chunk = chunk or chunk_rows(row_bytes, h.device)
     return _FusedSampledCE.apply(h, table, pos_codes, neg_codes, log_q, dense, bag, chunk)
