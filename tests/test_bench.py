@@ -192,8 +192,8 @@ def test_envelope_says_why_its_runs_failed(tmp_path, monkeypatch, bench_modules,
     assert f"{tmp_path / 'ml-1m' / 'events.parquet'}: not found" in message
 
 
-SAMPLED_ROW = re.compile(r"^\s*200\s+[\d.]+\s+(\d+)\s+(\d+)\s+(frozen|trainable)\s+(fp32|bf16)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+"
-                         r"([\d.]+)x\s+(gather|matmul|bag)$")
+SAMPLED_ROW = re.compile(r"^\s*200\s+[\d.]+\s+(\d+)\s+(\d+)\s+(frozen|trainable)\s+(fp32|bf16)"  # I, I/(K+1), d, K, ...
+                         r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+(gather|matmul|bag)$")
 
 
 def test_sampled_ce_routes_times_every_route_and_names_the_default(monkeypatch, capsys, bench_modules):

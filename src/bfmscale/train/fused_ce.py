@@ -180,7 +180,7 @@ def dense_route(n_items: int, k1: int, device: torch.device, half: bool) -> bool
     """The sampled CE's default route for I items and K+1 candidates per target: dense while I <= ratio·(K+1), the
     ratio 32, or 64 on the CPU with 16-bit matmuls (`half`). AMD CPU, bf16, dense over gather: the CE alone at
     I/(K+1) = 48-64 (K=128, d=64-256) 1.22-2.19x but 0.84x for a trainable d=64 table at 64; training steps on ML-1M at
-    K=64 (57) 0.96-1.06x at d=64, 1.10-1.31x at d=128-256. GPUs keep 32: on an H200 the same steps ran 0.79-1.05x
+    K=64 (57) 0.96-1.06x at d=64, 1.10-1.31x at d=128-256. GPUs keep 32: on an H200 the same steps ran 0.78-1.05x
     with a frozen table, 0.89-1.99x with a trainable one (bench/README.md)."""
     return n_items <= (DENSE_MAX_RATIO_HALF if half and device.type == "cpu" else DENSE_MAX_RATIO) * k1
 
