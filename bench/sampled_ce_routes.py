@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--negatives", type=comma_list(int), default=[128, 1024])
     ap.add_argument("--rounds", type=positive(int), default=3)
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("argument --device: 'cuda': no CUDA device here; expected cpu")
     dev = torch.device(args.device)
     tune_malloc()  # as training does (train.tune_malloc): the routes' large chunk tensors reuse freed blocks
     gen = torch.Generator(device=dev).manual_seed(0)

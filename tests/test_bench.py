@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from synthetic import make_prepared
 
@@ -210,3 +211,15 @@ def test_sampled_ce_routes_times_every_route_and_names_the_default(monkeypatch, 
     assert {(r[1], r[3]): r[8] for r in rows} == {("4", "fp32"): "gather", ("4", "bf16"): "bag", ("16", "fp32"): "bag",
                                                   ("16", "bf16"): "bag"}
     assert all(float(r[i]) > 0 for r in rows for i in (4, 5, 6)), rows
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU is")
+def test_sampled_ce_routes_refuses_cuda_without_a_gpu(monkeypatch, capsys, bench_modules):
+    import sampled_ce_routes
+
+    monkeypatch.setattr(sys, "argv", ["sampled_ce_routes.py", "--device", "cuda"])
+    with pytest.raises(SystemExit) as exc:
+        sampled_ce_routes.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("sampled_ce_routes.py: error: argument --device: 'cuda': no CUDA device")
