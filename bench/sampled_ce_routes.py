@@ -69,7 +69,7 @@ def main() -> None:
                     s = step_seconds(h, table, pos, neg, amp, kw)
                     best[r] = min(best[r], s) if rnd else best[r]
             default = "gather"
-            if dense_route(n_items, k + 1, dev, half=amp is not None):
+            if dense_route(n_items, k + 1, dev, amp is not None, table_grad=not frozen, d=d):
                 default = "bag" if bag_route(dev, n_items, k + 1, not frozen) else "matmul"
             ms = {r: 1e3 * s for r, s in best.items()}
             print(f"{n_items:>7} {n_items / (k + 1):>7.1f} {d:>5} {k:>5} {'frozen' if frozen else 'trainable':>9} "

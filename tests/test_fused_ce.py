@@ -163,7 +163,8 @@ def test_frozen_sampled_routes_agree_under_autocast(device):
 @pytest.mark.parametrize("bf16", [False, True])
 def test_frozen_sampled_default_route_follows_catalog_size(monkeypatch, bf16):
     """The dense route is taken while I <= ratio * (K + 1), the gather route beyond; the ratio is DENSE_MAX_RATIO in
-    fp32 and DENSE_MAX_RATIO_HALF under bf16 autocast on the CPU (a GPU keeps DENSE_MAX_RATIO)."""
+    fp32 and DENSE_MAX_RATIO_HALF under bf16 autocast on the CPU (a GPU takes it only for a trainable table of
+    d >= HALF_GPU_MIN_D)."""
     routes = []
     real = fused_ce._FusedSampledCE.apply
     monkeypatch.setattr(fused_ce._FusedSampledCE, "apply", lambda *a: routes.append(a[5]) or real(*a))
@@ -175,9 +176,14 @@ def test_frozen_sampled_default_route_follows_catalog_size(monkeypatch, bf16):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             fused_sampled_cross_entropy(h, cache, pos, torch.randint(1, n_items + 1, (4, 4)), None)
     assert routes == [True, True, False]
-    n_items = fused_ce.DENSE_MAX_RATIO_HALF * 5  # only the device's type is read
-    assert not fused_ce.dense_route(n_items, 5, torch.device("cuda"), half=True)
-    assert fused_ce.dense_route(n_items, 5, torch.device("cpu"), half=True)
+    n_items, wide = fused_ce.DENSE_MAX_RATIO_HALF * 5, fused_ce.HALF_GPU_MIN_D  # only the device's type is read
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert fused_ce.dense_route(n_items, 5, cpu, True, table_grad=True, d=64)
+    assert not fused_ce.dense_route(n_items, 5, cpu, False, table_grad=True, d=wide)
+    assert fused_ce.dense_route(n_items, 5, gpu, True, table_grad=True, d=wide)  # a GPU: trainable and wide only
+    assert not fused_ce.dense_route(n_items, 5, gpu, True, table_grad=True, d=wide - 1)
+    assert not fused_ce.dense_route(n_items, 5, gpu, True, table_grad=False, d=wide)
+    assert not fused_ce.dense_route(n_items, 5, gpu, False, table_grad=True, d=wide)
 
 
 def test_default_bag_route_follows_device_table_and_catalog_size(monkeypatch):

@@ -37,7 +37,8 @@ RUN_FORMAT = 11  # 2: CPU dropout masks from raw random bits, fp32 attention und
 # 10: the dense sampled CE's dh on the CPU is a weighted embedding_bag of the K+1 candidates' rows for a frozen
 # table, and for a trainable one while I >= 10 (K+1) (fp32: float-level; bf16: each candidate's weight is rounded,
 # where the per-code sum was rounded once)
-# 11: under bf16 autocast the sampled CE takes the dense route while I <= 64 (K+1) (was 32; float-level)
+# 11: under bf16 autocast the sampled CE takes the dense route while I <= 64 (K+1) (was 32; float-level) on the CPU,
+# and on a GPU for a trainable table of d >= 512
 
 STATES = ("pending", "running", "done", "failed")
 

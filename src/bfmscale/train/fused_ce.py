@@ -113,7 +113,8 @@ def fused_linear_cross_entropy(h: torch.Tensor, catalog: torch.Tensor, targets: 
 
 
 DENSE_MAX_RATIO = 32  # sampled CE scores the whole catalog when I <= this x (K + 1) (see below)
-DENSE_MAX_RATIO_HALF = 64  # the same on the CPU with 16-bit matmuls (bf16 autocast), whose dense route is cheaper
+DENSE_MAX_RATIO_HALF = 64  # the same with 16-bit matmuls (bf16 autocast) on the CPU, and on a GPU for a trainable
+HALF_GPU_MIN_D = 512  # table at least this wide (see dense_route)
 BAG_MIN_RATIO = 10  # CPU: a trainable table's dh from bags of its rows when I >= this x (K + 1) (see below)
 
 
@@ -176,13 +177,15 @@ class _FusedSampledCE(torch.autograd.Function):
         return dh * scale, dt, None, None, None, None, None, None
 
 
-def dense_route(n_items: int, k1: int, device: torch.device, half: bool) -> bool:
+def dense_route(n_items: int, k1: int, device: torch.device, half: bool, *, table_grad: bool, d: int) -> bool:
     """The sampled CE's default route for I items and K+1 candidates per target: dense while I <= ratio·(K+1), the
-    ratio 32, or 64 on the CPU with 16-bit matmuls (`half`). AMD CPU, bf16, dense over gather: the CE alone at
-    I/(K+1) = 48-64 (K=128, d=64-256) 1.22-2.19x but 0.84x for a trainable d=64 table at 64; training steps on ML-1M at
-    K=64 (57) 0.96-1.06x at d=64, 1.10-1.31x at d=128-256. GPUs keep 32: on an H200 the same steps ran 0.78-1.05x
-    with a frozen table, 0.89-1.99x with a trainable one (bench/README.md)."""
-    return n_items <= (DENSE_MAX_RATIO_HALF if half and device.type == "cpu" else DENSE_MAX_RATIO) * k1
+    ratio 32, or 64 with 16-bit matmuls (`half`) on the CPU and on a GPU for a trainable table of d >= 512.
+    Training steps on ML-1M at K=64 (I/(K+1) = 57), bf16, dense over gather: AMD CPU 0.96-1.06x at d=64, 1.10-1.31x
+    at d=128-256 (the CE alone at 48-64 (K+1): 1.22-2.19x, but 0.84x for a trainable d=64 table at 64); H200,
+    trainable table, 1.25-1.49x at d=512, 1.73-1.99x at d=1024, 0.80-1.24x at d <= 256; frozen 0.78-1.05x
+    (bench/README.md)."""
+    wide = half and (device.type == "cpu" or (table_grad and d >= HALF_GPU_MIN_D))
+    return n_items <= (DENSE_MAX_RATIO_HALF if wide else DENSE_MAX_RATIO) * k1
 
 
 def bag_route(device: torch.device, n_items: int, k1: int, table_grad: bool) -> bool:
@@ -214,7 +217,8 @@ def fused_sampled_cross_entropy(h: torch.Tensor, table: torch.Tensor, pos_codes:
     FLOPs, not hardware FLOPs)."""
     n_items, k1 = table.shape[0] - 1, neg_codes.shape[1] + 1
     elem_bytes = _matmul_dtype(h).itemsize
-    dense = dense_route(n_items, k1, h.device, elem_bytes == 2) if dense is None else dense
+    if dense is None:
+        dense = dense_route(n_items, k1, h.device, elem_bytes == 2, table_grad=table.requires_grad, d=table.shape[1])
     bag = dense and (bag_route(h.device, n_items, k1, table.requires_grad) if bag is None else bag)
     row_bytes = sampled_row_bytes(n_items, k1, table.shape[1], elem_bytes, dense)
     chunk = chunk or chunk_rows(row_bytes, h.device)

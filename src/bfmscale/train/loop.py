@@ -159,7 +159,8 @@ def memory_estimate_bytes(n_params: int, shape: StepShape, cfg: RunConfig, n_ite
         logits = fused_ce.working_bytes(shape.targets, 4 * n_items, device)
     elif tc.objective == "sampled":
         k1 = tc.n_negatives + 1
-        dense = fused_ce.dense_route(n_items, k1, device, half=bytes_per == 2)
+        dense = fused_ce.dense_route(n_items, k1, device, bytes_per == 2, table_grad=not tc.freeze_embedder,
+                                     d=m.d_model)
         row = fused_ce.sampled_row_bytes(n_items, k1, m.d_model, bytes_per, dense)
         logits = fused_ce.working_bytes(shape.targets, row, device)
     else:
