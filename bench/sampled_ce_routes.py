@@ -18,23 +18,20 @@ import torch
 
 from bench_args import comma_list, positive, run
 from bfmscale.malloc import tune_malloc
-from bfmscale.train.fused_ce import bag_route, dense_route, fused_sampled_cross_entropy
-
-ROUTES = {"gather": dict(dense=False, bag=False), "matmul": dict(dense=True, bag=False),
-          "bag": dict(dense=True, bag=True)}
+from bfmscale.train.fused_ce import ROUTES, fused_sampled_cross_entropy, sampled_route
+from train_throughput import sync
 
 
 def step_seconds(h: torch.Tensor, table: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, amp: torch.dtype | None,
-                 route: dict) -> float:
+                 route: str) -> float:
     """Seconds of one forward + backward of the sampled CE on this route, synchronized on CUDA."""
-    sync = torch.cuda.synchronize if h.device.type == "cuda" else (lambda: None)
     h.grad = table.grad = None
-    sync()
+    sync(h.device)
     t = time.perf_counter()
     with torch.autocast(h.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-        loss = fused_sampled_cross_entropy(h, table, pos, neg, None, **route)
+        loss = fused_sampled_cross_entropy(h, table, pos, neg, None, route)
     loss.backward()
-    sync()
+    sync(h.device)
     return time.perf_counter() - t
 
 
@@ -65,12 +62,11 @@ def main() -> None:
             neg = torch.randint(1, n_items + 1, (args.targets, k), device=dev, generator=gen)
             best = {r: float("inf") for r in ROUTES}
             for rnd in range(args.rounds + 1):  # round 0 warms up
-                for r, kw in ROUTES.items():
-                    s = step_seconds(h, table, pos, neg, amp, kw)
-                    best[r] = min(best[r], s) if rnd else best[r]
-            default = "gather"
-            if dense_route(n_items, k + 1, dev, amp is not None, table_grad=not frozen, d=d):
-                default = "bag" if bag_route(dev, n_items, k + 1, not frozen) else "matmul"
+                for r in ROUTES:
+                    s = step_seconds(h, table, pos, neg, amp, r)
+                    if rnd:
+                        best[r] = min(best[r], s)
+            default = sampled_route(n_items, k + 1, dev, amp is not None, table_grad=not frozen, d=d)
             ms = {r: 1e3 * s for r, s in best.items()}
             print(f"{n_items:>7} {n_items / (k + 1):>7.1f} {d:>5} {k:>5} {'frozen' if frozen else 'trainable':>9} "
                   f"{'bf16' if amp else 'fp32':>5} {ms['gather']:>8.2f} {ms['matmul']:>8.2f} {ms['bag']:>8.2f}  "

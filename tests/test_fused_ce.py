@@ -79,15 +79,9 @@ def test_under_autocast_matches_plain_autocast():
     torch.testing.assert_close(e.grad, ge, rtol=0.05, atol=2e-4)
 
 
-# The sampled CE's routes as (dense, bag) keywords: gather the candidates; score the catalog and form dh from the
-# per-code gradients by a matmul; score the catalog and form dh by weighted bags of the candidates' rows.
-ROUTES = {"gather": dict(dense=False, bag=False), "dense": dict(dense=True, bag=False),
-          "bag": dict(dense=True, bag=True)}
-
-
 @pytest.mark.parametrize("chunk", [1, 5, 1000])
 @pytest.mark.parametrize("logq", [True, False])
-@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("route", fused_ce.ROUTES)
 def test_frozen_sampled_matches_reference(chunk, logq, route, device):
     """Fused sampled CE over a frozen cache, any route: same loss and dh as the plain path, accidental hits
     still masked, repeated negatives counted once each."""
@@ -105,7 +99,7 @@ def test_frozen_sampled_matches_reference(chunk, logq, route, device):
     ref.backward()
     gh = h.grad.clone()
     h.grad = None
-    out = fused_sampled_cross_entropy(h / 0.5, cache, pos, neg, log_q, chunk=chunk, **ROUTES[route])
+    out = fused_sampled_cross_entropy(h / 0.5, cache, pos, neg, log_q, route, chunk=chunk)
     (3.0 * out).backward()
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(h.grad, 3 * gh, rtol=1e-4, atol=1e-6)
@@ -115,7 +109,7 @@ def test_frozen_sampled_matches_reference(chunk, logq, route, device):
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
-@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("route", fused_ce.ROUTES)
 def test_table_sampled_gradient_matches_reference(chunk, route, device):
     """With a trainable item table, any route gives the plain path's loss and the gradients of h and of every
     table row (positives, repeated negatives and accidental hits included; the padding row gets none)."""
@@ -132,7 +126,7 @@ def test_table_sampled_gradient_matches_reference(chunk, route, device):
     sampled_softmax_loss(h, table[pos], table[neg], pos, neg, log_q, temperature=0.5).backward()
     gh, gt = h.grad.clone(), table.grad.clone()
     h.grad = table.grad = None
-    out = fused_sampled_cross_entropy(h / 0.5, table, pos, neg, log_q, chunk=chunk, **ROUTES[route])
+    out = fused_sampled_cross_entropy(h / 0.5, table, pos, neg, log_q, route, chunk=chunk)
     (2.0 * out).backward()
     torch.testing.assert_close(h.grad, 2 * gh, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(table.grad, 2 * gt, rtol=1e-4, atol=1e-6)
@@ -147,13 +141,13 @@ def test_frozen_sampled_routes_agree_under_autocast(device):
     h = torch.randn(50, 16).to(device).requires_grad_()
     pos = torch.randint(1, 41, (50,)).to(device)
     neg = torch.randint(1, 41, (50, 7)).to(device)
-    ref = fused_sampled_cross_entropy(h, cache, pos, neg, None, dense=False)
+    ref = fused_sampled_cross_entropy(h, cache, pos, neg, None, "gather")
     ref.backward()
     gh = h.grad.clone()
-    for route in ROUTES.values():
+    for route in fused_ce.ROUTES:
         h.grad = None
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            out = fused_sampled_cross_entropy(h, cache, pos, neg, None, **route)
+            out = fused_sampled_cross_entropy(h, cache, pos, neg, None, route)
         out.backward()
         assert h.grad.dtype == torch.float32
         torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
@@ -199,9 +193,10 @@ def test_default_bag_route_follows_device_table_and_catalog_size(monkeypatch):
     monkeypatch.setattr(fused_ce._FusedSampledCE, "apply", lambda *a: bags.append(a[6]) or real(*a))
     h, pos, n_items, k = torch.randn(4, 8), torch.tensor([1, 2, 3, 4]), ratio * 5 - 1, 4
     neg = torch.randint(1, n_items + 1, (4, k))
+    assert n_items <= fused_ce.DENSE_MAX_RATIO * (k + 1)  # the default is a dense route for both tables
     for table in (torch.randn(n_items + 1, 8), torch.randn(n_items + 1, 8, requires_grad=True)):
-        fused_sampled_cross_entropy(h, table, pos, neg, None, dense=True)
-    fused_sampled_cross_entropy(h, torch.randn(n_items + 1, 8), pos, neg, None, dense=False, bag=True)
+        fused_sampled_cross_entropy(h, table, pos, neg, None)
+    fused_sampled_cross_entropy(h, torch.randn(n_items + 1, 8), pos, neg, None, "gather")
     assert bags == [True, False, False]
 
 
@@ -214,7 +209,7 @@ def test_default_chunks_follow_the_device(monkeypatch):
         monkeypatch.setattr(fn, "apply", lambda *a, real=real: chunks.append(a[-1]) or real(*a))
     h, table = torch.randn(5, 8), torch.randn(1001, 8)
     fused_linear_cross_entropy(h, table, torch.arange(5))
-    fused_sampled_cross_entropy(h, table, torch.arange(1, 6), torch.randint(1, 1001, (5, 3)), None, dense=False)
+    fused_sampled_cross_entropy(h, table, torch.arange(1, 6), torch.randint(1, 1001, (5, 3)), None, "gather")
     assert chunks == [fused_ce.CHUNK_BYTES // (4 * 1001), fused_ce.CHUNK_BYTES // (4 * 8 * 4)]
     gpu = torch.device("cuda")  # only the device's type is read: no GPU needed
     assert fused_ce.chunk_rows(4 * 1001, gpu) == fused_ce.GPU_CHUNK_BYTES // (4 * 1001) > chunks[0]
@@ -300,6 +295,13 @@ def test_uniform_log_q_is_one_value_equal_to_per_code(chunk):
     per_code = torch.full(neg.shape, -math.log(12))
     ref = sampled_softmax_loss(h, table[pos], table[neg], pos, neg, per_code)
     torch.testing.assert_close(sampled_softmax_loss(h, table[pos], table[neg], pos, neg, log_q), ref)
-    for dense in (False, True):
-        out = fused_sampled_cross_entropy(h, table, pos, neg, log_q, dense=dense, chunk=chunk)
+    for route in fused_ce.ROUTES:
+        out = fused_sampled_cross_entropy(h, table, pos, neg, log_q, route, chunk=chunk)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_sampled_ce_refuses_an_unknown_route():
+    """A route outside ROUTES is named in a one-line error instead of silently taking another."""
+    h, table = torch.randn(3, 4), torch.randn(11, 4)
+    with pytest.raises(ValueError, match="route 'dense': expected one of gather, matmul, bag"):
+        fused_sampled_cross_entropy(h, table, torch.tensor([1, 2, 3]), torch.randint(1, 11, (3, 2)), None, "dense")

@@ -198,6 +198,17 @@ def bag_route(device: torch.device, n_items: int, k1: int, table_grad: bool) -> 
     return device.type == "cpu" and (not table_grad or n_items >= BAG_MIN_RATIO * k1)
 
 
+ROUTES = ("gather", "matmul", "bag")  # the sampled CE's routes (see fused_sampled_cross_entropy)
+
+
+def sampled_route(n_items: int, k1: int, device: torch.device, half: bool, *, table_grad: bool, d: int) -> str:
+    """The route the sampled CE takes by default: gather beyond `dense_route`'s limit, else dh by bags
+    (`bag_route`) or by a matmul."""
+    if not dense_route(n_items, k1, device, half, table_grad=table_grad, d=d):
+        return "gather"
+    return "bag" if bag_route(device, n_items, k1, table_grad) else "matmul"
+
+
 def sampled_row_bytes(n_items: int, k1: int, d: int, elem_bytes: int, dense: bool) -> int:
     """Bytes per target of the sampled CE's widest per-chunk tensor: fp32 [I+1] gradients on the dense route, else
     [K+1, d] candidate vectors of `elem_bytes` (the matmul dtype's)."""
@@ -205,21 +216,22 @@ def sampled_row_bytes(n_items: int, k1: int, d: int, elem_bytes: int, dense: boo
 
 
 def fused_sampled_cross_entropy(h: torch.Tensor, table: torch.Tensor, pos_codes: torch.Tensor,
-                                neg_codes: torch.Tensor, log_q: torch.Tensor | None, dense: bool | None = None,
-                                chunk: int | None = None, bag: bool | None = None) -> torch.Tensor:
+                                neg_codes: torch.Tensor, log_q: torch.Tensor | None, route: str | None = None,
+                                chunk: int | None = None) -> torch.Tensor:
     """Mean sampled CE with candidates read from `table` (row = item code: a frozen embedder's cache, or the item
     table, which then gets its gradient), `chunk` targets at a time, logits corrected by `correct_sampled_logits`.
-    Two routes, same logits and gradients: gather each target's
-    K+1 candidate vectors (memory-bound, N·K·d reads), or (`dense`) score the whole catalog with a matmul and take
-    the candidates' columns (N·I·d FLOPs, far faster while the catalog is small). Default: `dense_route`.
-    The dense route forms dh by a matmul with per-code gradients, or (`bag`, default by `bag_route`) by weighted
-    bags of the candidates' rows. The FLOP accounting counts the objective's K+1 candidates either way (model
-    FLOPs, not hardware FLOPs)."""
+    Three routes (ROUTES), same logits and gradients: "gather" each target's K+1 candidate vectors (memory-bound,
+    N·K·d reads), or score the whole catalog with a matmul and take the candidates' columns (N·I·d FLOPs, far
+    faster while the catalog is small), forming dh by a matmul with per-code gradients ("matmul") or by weighted
+    bags of the candidates' rows ("bag"). Default: `sampled_route`. The FLOP accounting counts the objective's K+1
+    candidates either way (model FLOPs, not hardware FLOPs)."""
     n_items, k1 = table.shape[0] - 1, neg_codes.shape[1] + 1
     elem_bytes = _matmul_dtype(h).itemsize
-    if dense is None:
-        dense = dense_route(n_items, k1, h.device, elem_bytes == 2, table_grad=table.requires_grad, d=table.shape[1])
-    bag = dense and (bag_route(h.device, n_items, k1, table.requires_grad) if bag is None else bag)
+    route = route or sampled_route(n_items, k1, h.device, elem_bytes == 2, table_grad=table.requires_grad,
+                                   d=table.shape[1])
+    if route not in ROUTES:
+        raise ValueError(f"route {route!r}: expected one of {', '.join(ROUTES)}")
+    dense = route != "gather"
     row_bytes = sampled_row_bytes(n_items, k1, table.shape[1], elem_bytes, dense)
     chunk = chunk or chunk_rows(row_bytes, h.device)
-    return _FusedSampledCE.apply(h, table, pos_codes, neg_codes, log_q, dense, bag, chunk)
+    return _FusedSampledCE.apply(h, table, pos_codes, neg_codes, log_q, dense, route == "bag", chunk)
