@@ -113,8 +113,8 @@ def fused_linear_cross_entropy(h: torch.Tensor, catalog: torch.Tensor, targets: 
 
 
 DENSE_MAX_RATIO = 32  # sampled CE scores the whole catalog when I <= this x (K + 1) (see below)
-DENSE_MAX_RATIO_HALF = 64  # the same with 16-bit matmuls (bf16 autocast) on the CPU, and on a GPU for a trainable
-HALF_GPU_MIN_D = 512  # table at least this wide (see dense_route)
+DENSE_MAX_RATIO_HALF = 64  # the same with 16-bit matmuls (bf16 autocast), on the CPU (see dense_route)
+HALF_GPU_MIN_D = 512  # on a GPU the 16-bit ratio holds only for a trainable table at least this wide
 BAG_MIN_RATIO = 10  # CPU: a trainable table's dh from bags of its rows when I >= this x (K + 1) (see below)
 
 
