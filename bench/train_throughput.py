@@ -5,17 +5,18 @@ features) x precision (fp32, bf16 when the device has it natively). Timed steps 
 MFU divides the model FLOPs the study charges (`step_flops`: K+1 candidates per target, the feature MLP per lookup);
 HFU the FLOPs the step executes, counted by torch.utils.flop_counter on one step (the dense sampled route scores
 the whole catalog, the catalog route runs the MLP once per item; the CPU's bags of candidate rows for the sampled
-CE's dh are lookups it does not count). The peak is measured right before each row, in
-that row's precision (these boxes drift: one 2-core VM measured an fp32 peak of 196 GFLOP/s at the start of one
-grid and 126 at the start of another), and at the start and the end of the grid, to show the drift. With
-`--rounds R` each configuration is timed R times, alternating its precisions, and each row keeps its fastest round
-(with that round's peak): the bf16/fp32 column then compares the two precisions at nearly the same moment. Also:
-evaluation throughput (users/s, full-catalog ranking over ML-1M) of one fixed configuration.
+CE's dh are lookups it does not count). The peak is measured in each precision right before
+the configuration's timed steps (these boxes drift: one 2-core VM measured an fp32 peak of 196 GFLOP/s at the start
+of one grid and 126 at the start of another), and at the start and the end of the grid, to show the drift. A
+configuration's precisions are timed step by step in turn (fp32, bf16, fp32, ...), so that the bf16/fp32 column
+compares them under the same load; with `--rounds R` that is done R times and each row keeps its fastest round
+(with that round's peak). Also: evaluation throughput (users/s, full-catalog ranking over ML-1M) of one fixed
+configuration.
 Needs data/prepared/ml-1m.
 
     .venv/bin/python bench/train_throughput.py --quick      # a small subset, ~2 minutes on 2 cores
     .venv/bin/python bench/train_throughput.py              # the whole grid
-    .venv/bin/python bench/train_throughput.py --rounds 3   # the whole grid, best of 3 alternating rounds
+    .venv/bin/python bench/train_throughput.py --rounds 3   # the whole grid, best of 3 rounds
     python bench/train_throughput.py --d-models 1024,256,64 --batch-size 128   # on a GPU (bench/gpu_check.sh)
 """
 
@@ -35,6 +36,7 @@ from bench_args import comma_list, positive, run
 from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.data.dataset import load_prepared
 from bfmscale.device import cpu_has_native_bf16, resolve_device
+from bfmscale.errors import BfmError
 from bfmscale.eval.ranking import evaluate
 from bfmscale.model.accounting import counted_flops, step_flops
 from bfmscale.model.bfm import BehaviorModel
@@ -76,40 +78,94 @@ class Timing(NamedTuple):
     warmup_s: float
 
 
-def bench_config(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, amp, batch_size: int, steps: int,
-                 compile: bool = False) -> Timing:
-    """`steps` timed training steps after 2 warm-up steps (with `compile`, torch.compile of the contextualizer
-    happens there), then one more under the FLOP counter (all batches are full-length windows: one shape)."""
-    torch.manual_seed(0)
-    n_ev = len(seqs.feature_names)
-    model = BehaviorModel(mc, catalog, n_ev).to(device)
-    ready_for_training(model, dataclasses.replace(tc, compile=compile))
-    win = train_windows(seqs, mc.max_len)
-    full = np.flatnonzero(win.lengths == mc.max_len + 1)  # full-length windows: the steady state of a long run
-    sub = win.subset(full)
-    batches = [b for b in plan_epoch(sub, batch_size, np.random.default_rng(0)) if len(b) == batch_size]
-    sampler = NegativeSampler(tc.sampler, catalog.n_items, catalog.popularity)
-    obj = Objective(tc, sampler, torch.Generator(device).manual_seed(0))
-    opt = make_optimizer(model, tc.lr, tc)
-    tokens = flops = 0.0
-    elapsed = warmup = 0.0
-    for i, idx in enumerate(batches[: steps + 2]):
-        items, feats = gather(seqs, sub.subset(idx))
-        items = items.to(device)
-        feats = feats.to(device) if feats is not None else None
-        sync(device)
+class ConfigRun:
+    """One configuration in one precision, built and ready: `step` times one training step on the next batch
+    (the first 2 are warm-up; with `compile`, torch.compile of the contextualizer happens there)."""
+
+    def __init__(self, ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, amp, batch_size: int,
+                 steps: int, compile: bool = False):
+        torch.manual_seed(0)
+        self.seqs, self.mc, self.tc, self.catalog, self.device, self.amp = seqs, mc, tc, catalog, device, amp
+        self.n_ev = len(seqs.feature_names)
+        self.model = BehaviorModel(mc, catalog, self.n_ev).to(device)
+        ready_for_training(self.model, dataclasses.replace(tc, compile=compile))
+        win = train_windows(seqs, mc.max_len)
+        full = np.flatnonzero(win.lengths == mc.max_len + 1)  # full-length windows: the steady state of a long run
+        self.sub = win.subset(full)
+        self.batches = [b for b in plan_epoch(self.sub, batch_size, np.random.default_rng(0))
+                        if len(b) == batch_size][: steps + 2]  # fewer are taken in turn again
+        if not self.batches:
+            raise BfmError(f"--batch-size: no {batch_size} full-length windows of T={mc.max_len} in the data")
+        sampler = NegativeSampler(tc.sampler, catalog.n_items, catalog.popularity)
+        self.obj = Objective(tc, sampler, torch.Generator(device).manual_seed(0))
+        self.opt = make_optimizer(self.model, tc.lr, tc)
+        self.done = 0
+        self.last: tuple = ()  # the last batch stepped on, on the device
+        self.tokens = self.flops = self.elapsed = self.warmup = 0.0
+
+    def _step(self, items, feats) -> None:
+        train_step(self.model, self.obj, self.opt, items, feats, self.amp, self.tc.grad_clip)
+
+    def step(self) -> None:
+        """Time one training step on the next batch."""
+        idx = self.batches[self.done % len(self.batches)]
+        items, feats = gather(self.seqs, self.sub.subset(idx))
+        items = items.to(self.device)
+        feats = feats.to(self.device) if feats is not None else None
+        sync(self.device)
         t = time.perf_counter()
-        train_step(model, obj, opt, items, feats, amp, tc.grad_clip)
-        sync(device)
-        if i < 2:
-            warmup += time.perf_counter() - t
+        self._step(items, feats)
+        sync(self.device)
+        if self.done < 2:
+            self.warmup += time.perf_counter() - t
         else:
-            elapsed += time.perf_counter() - t
-            shape = shape_of(sub, idx, seqs, count_unique=tc.objective == "inbatch")
-            tokens += shape.targets
-            flops += step_flops(mc, tc, catalog, shape, n_ev)["total"]
-    executed = counted_flops(lambda: train_step(model, obj, opt, items, feats, amp, tc.grad_clip)) * steps
-    return Timing(tokens / elapsed, flops / elapsed, executed / elapsed, warmup)
+            self.elapsed += time.perf_counter() - t
+            shape = shape_of(self.sub, idx, self.seqs, count_unique=self.tc.objective == "inbatch")
+            self.tokens += shape.targets
+            self.flops += step_flops(self.mc, self.tc, self.catalog, shape, self.n_ev)["total"]
+        self.done += 1
+        self.last = (items, feats)
+
+    def timing(self) -> Timing:
+        """The timed steps' rates; one more step of the last batch under the FLOP counter gives the HFU's FLOPs."""
+        steps = self.done - 2
+        executed = counted_flops(lambda: self._step(*self.last)) * steps
+        return Timing(self.tokens / self.elapsed, self.flops / self.elapsed, executed / self.elapsed, self.warmup)
+
+
+def bench_precisions(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device, amps: dict[str, torch.dtype | None],
+                     batch_size: int, steps: int, compile: bool = False) -> tuple[dict[str, Timing], dict[str, str]]:
+    """Time one configuration in each precision of `amps`, step by step in turn (fp32, bf16, fp32, ...), so that
+    both see the same state of a noisy box: 2 warm-up and `steps` timed steps each (all batches are full-length
+    windows: one shape). Returns the timings and, for a precision that raised a RuntimeError (e.g. a GPU grid up to
+    d=1024 outgrowing the card), its one-line reason; the others go on."""
+    runs: dict[str, ConfigRun] = {}
+    failed: dict[str, str] = {}
+
+    def fail(prec: str, e: RuntimeError) -> None:
+        runs.pop(prec, None)
+        failed[prec] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    for prec, amp in amps.items():
+        try:
+            runs[prec] = ConfigRun(ds, seqs, catalog, mc, tc, device, amp, batch_size, steps, compile)
+        except RuntimeError as e:
+            fail(prec, e)
+    for _ in range(steps + 2):
+        for prec, run in list(runs.items()):
+            try:
+                run.step()
+            except RuntimeError as e:
+                fail(prec, e)
+    timings: dict[str, Timing] = {}
+    for prec, run in list(runs.items()):
+        try:
+            timings[prec] = run.timing()
+        except RuntimeError as e:
+            fail(prec, e)
+    return timings, failed
 
 
 def eval_throughput(seqs, catalog, d: int, device: torch.device) -> None:
@@ -137,7 +193,8 @@ def main() -> None:
     ap.add_argument("--peak-n", type=positive(int), default=None,
                     help="size n of the n^3 peak matmul (default 2048, GPU 8192)")
     ap.add_argument("--rounds", type=positive(int), default=1,
-                    help="time each configuration R times, precisions alternating; each row keeps its fastest round")
+                    help="time each configuration R times (its precisions step by step in turn); each row keeps its "
+                         "fastest round")
     args = ap.parse_args()
     device = resolve_device("auto")
     ds = load_prepared(args.prepared)
@@ -170,30 +227,31 @@ def main() -> None:
                          dropout=0.1)
         tc = TrainConfig(**OBJECTIVES[obj])
         best: dict[str, tuple[Timing, float]] = {}  # precision -> (fastest round, the peak measured right before it)
-        broken: set[str] = set()  # precisions that failed here: not retried in later rounds
-        for _, prec in itertools.product(range(args.rounds), precisions):
-            if prec in broken:
-                continue
-            amp = amps[prec]
-            try:
-                peak = matmul_peak(dtypes[prec], device, n)  # the denominator, next to the row it divides
-                timed = bench_config(ds, seqs, catalog, mc, tc, device, amp, args.batch_size, args.steps)
-            except RuntimeError as e:  # e.g. a GPU grid up to d=1024 outgrowing the card: say so, go on, fail later
-                failed.append(f"{d} {layers} {t} {obj} {emb} {prec}: {type(e).__name__}: {str(e).splitlines()[0]}")
-                broken.add(prec)
+        live = {p: amps[p] for p in precisions}  # precisions that failed here are not retried in later rounds
+        for _ in range(args.rounds):
+            if not live:
+                break
+            row_peaks = {p: matmul_peak(dtypes[p], device, n) for p in live}  # the denominators, next to the rows
+            timings, errors = bench_precisions(ds, seqs, catalog, mc, tc, device, live, args.batch_size, args.steps)
+            for prec, why in errors.items():  # say so, go on, fail at the end
+                failed.append(f"{d} {layers} {t} {obj} {emb} {prec}: {why}")
+                del live[prec]
                 print(f"{d:>5} {layers:>2} {t:>4} {obj:>11} {emb:>9} {prec:>5}   failed: {failed[-1]}", flush=True)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            if prec not in best or timed.tokens_per_s > best[prec][0].tokens_per_s:
-                best[prec] = (timed, peak)
+            for prec, timed in timings.items():
+                if prec not in best or timed.tokens_per_s > best[prec][0].tokens_per_s:
+                    best[prec] = (timed, row_peaks[prec])
         for prec, (timed, peak) in best.items():
             extra = ""
             if args.compile:
-                comp = bench_config(ds, seqs, catalog, mc, tc, device, amps[prec], args.batch_size, args.steps,
-                                    compile=True)
-                speedup = comp.tokens_per_s / timed.tokens_per_s
-                extra = f" {comp.tokens_per_s:>15,.0f} {speedup:>8.2f}x {comp.warmup_s:>10.1f}"
+                comps, errors = bench_precisions(ds, seqs, catalog, mc, tc, device, {prec: amps[prec]},
+                                                 args.batch_size, args.steps, compile=True)
+                if prec in errors:
+                    failed.append(f"{d} {layers} {t} {obj} {emb} {prec} compiled: {errors[prec]}")
+                    extra = f"   compiled: failed ({errors[prec]})"
+                else:
+                    comp = comps[prec]
+                    speedup = comp.tokens_per_s / timed.tokens_per_s
+                    extra = f" {comp.tokens_per_s:>15,.0f} {speedup:>8.2f}x {comp.warmup_s:>10.1f}"
             ratio = (f"{timed.tokens_per_s / best['fp32'][0].tokens_per_s:>8.2f}x" if prec == "bf16" and "fp32" in best
                      else f"{'-':>9}")
             mfu, hfu = (100 * f / 1e9 / peak for f in (timed.model_flops_per_s, timed.hardware_flops_per_s))

@@ -50,30 +50,66 @@ def test_train_throughput_prints_every_configuration(tmp_path, monkeypatch, caps
 
 
 def test_train_throughput_rounds_keep_the_fastest_and_print_the_ratio(tmp_path, monkeypatch, capsys, bench_modules):
-    """With --rounds 3 each configuration and precision is timed three times, alternating precisions; its row keeps
-    the fastest round, and the bf16 row prints its tokens/s over the fp32 row's."""
+    """With --rounds 3 each configuration is timed three times; its rows keep each precision's fastest round, and
+    the bf16 row prints its tokens/s over the fp32 row's."""
     import train_throughput
 
     ds = make_prepared(tmp_path, n_users=6, n_items=40, min_len=205, max_len=230)
-    calls, real = [], train_throughput.bench_config
-    speeds = iter([100.0, 150.0, 300.0, 200.0, 120.0, 250.0] * 3)  # fp32, bf16 alternating, 3 rounds per config
+    calls, real = [], train_throughput.bench_precisions
+    speeds = iter([100.0, 150.0, 300.0, 200.0, 120.0, 250.0] * 3)  # fp32, bf16 per round, 3 rounds per config
 
     def fake_bench(*args, **kwargs):
-        calls.append(args[6])  # amp: None (fp32) or bfloat16
-        timed = real(*args, **kwargs)
-        return timed._replace(tokens_per_s=next(speeds))
+        calls.append(list(args[6]))  # the precisions timed together
+        timings, errors = real(*args, **kwargs)
+        return {p: t._replace(tokens_per_s=next(speeds)) for p, t in timings.items()}, errors
 
     monkeypatch.setattr(train_throughput, "cpu_has_native_bf16", lambda: True)  # bf16 runs anywhere, slowly
-    monkeypatch.setattr(train_throughput, "bench_config", fake_bench)
+    monkeypatch.setattr(train_throughput, "bench_precisions", fake_bench)
     monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--prepared", str(ds.path), "--d-models", "16", "--quick",
                                       "--steps", "1", "--batch-size", "2", "--peak-n", "64", "--rounds", "3"])
     train_throughput.main()
     rows = [m.groups() for m in map(ROW.match, capsys.readouterr().out.splitlines()) if m]
-    assert len(rows) == 6 and len(calls) == 18  # 3 configurations x 2 precisions x 3 rounds
-    assert calls[:2] == [None, train_throughput.torch.bfloat16]  # precisions alternate within a round
+    assert len(rows) == 6 and calls == [["fp32", "bf16"]] * 9  # 3 configurations x 3 rounds, both precisions each
     fp32, bf16 = [r for r in rows if r[5] == "fp32"], [r for r in rows if r[5] == "bf16"]
     assert [r[6] for r in fp32] == ["300", "300", "300"] and [r[6] for r in bf16] == ["250", "250", "250"]
     assert all(r[11] == "-" for r in fp32) and all(r[11] == "0.83x" for r in bf16)
+
+
+def test_bench_precisions_steps_them_in_turn_and_goes_on_past_a_failure(tmp_path, monkeypatch, bench_modules):
+    """A configuration's precisions take their steps in turn (2 warm-up + `steps` each, taking the data's 3 batches
+    in turn again); one that raises a RuntimeError is reported in one line and dropped while the others finish; data
+    without a full batch of full-length windows is refused in one line."""
+    import train_throughput
+    from bfmscale.data.dataset import load_prepared
+    from bfmscale.model.catalog import build_catalog
+    from bfmscale.train.data import build_sequences
+
+    ds = load_prepared(make_prepared(tmp_path, n_users=6, n_items=40, min_len=60, max_len=80).path)
+    seqs = build_sequences(ds)
+    catalog = build_catalog(ds, 64)
+    mc = train_throughput.ModelConfig(d_model=16, n_layers=1, n_heads=1, d_ff=32, max_len=50)
+    tc = train_throughput.TrainConfig()
+    order, real_step = [], train_throughput.ConfigRun.step
+
+    def step(run):
+        order.append((run.amp, run.done))
+        if run.amp == "boom" and run.done == 3:
+            raise RuntimeError("out of memory\nsecond line")
+        real_step(run)
+
+    monkeypatch.setattr(train_throughput.ConfigRun, "step", step)
+    monkeypatch.setattr(train_throughput, "train_step",  # "boom" stands for a precision that fails mid-way
+                        lambda model, obj, opt, items, feats, amp, clip: None)
+    amps = {"fp32": None, "boom": "boom"}
+    timings, errors = train_throughput.bench_precisions(ds, seqs, catalog, mc, tc, torch.device("cpu"), amps,
+                                                        batch_size=2, steps=3)
+    assert order[:8] == [(None, 0), ("boom", 0), (None, 1), ("boom", 1), (None, 2), ("boom", 2), (None, 3),
+                         ("boom", 3)]
+    assert order[8:] == [(None, 4)]  # after its failure only fp32 steps on
+    assert errors == {"boom": "RuntimeError: out of memory"} and list(timings) == ["fp32"]
+    assert timings["fp32"].tokens_per_s > 0 and timings["fp32"].warmup_s > 0
+    with pytest.raises(train_throughput.BfmError, match=r"^--batch-size: no 8 full-length windows of T=50 in the"):
+        train_throughput.ConfigRun(ds, seqs, catalog, mc, tc, torch.device("cpu"), None, batch_size=8, steps=1)
 
 
 @pytest.mark.parametrize("flag, value, expected", [
