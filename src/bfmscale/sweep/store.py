@@ -22,7 +22,7 @@ from bfmscale.atomic import atomic_path, write_json
 from bfmscale.config import RunConfig
 
 # Bump whenever training or evaluation semantics change, so that stale results are never mixed with new ones.
-RUN_FORMAT = 11  # 2: CPU dropout masks from raw random bits, fp32 attention under CPU bf16 autocast;
+RUN_FORMAT = 12  # 2: CPU dropout masks from raw random bits, fp32 attention under CPU bf16 autocast;
 # 3: fused CE softmax in the logits dtype (bf16 gradients rounded once), sampled per-item gradients summed in bf16;
 # 4: explicit bf16 attention under CPU bf16 autocast while T <= 4 d_head;
 # 5: dense sampled CE sums per-code gradients in fp32 (bf16: rounded once); CPU negatives drawn in seeded row
@@ -39,6 +39,8 @@ RUN_FORMAT = 11  # 2: CPU dropout masks from raw random bits, fp32 attention und
 # where the per-code sum was rounded once)
 # 11: under bf16 autocast the sampled CE takes the dense route while I <= 64 (K+1) (was 32; float-level) on the CPU,
 # and on a GPU for a trainable table of d >= 512
+# 12: the bag route's dh is a bag of the K negatives' rows plus the positive's row, whose weight stays fp32 (bf16:
+# float-level; it was rounded with the others)
 
 STATES = ("pending", "running", "done", "failed")
 
