@@ -161,7 +161,7 @@ def test_frozen_sampled_default_route_follows_catalog_size(monkeypatch, bf16):
     d >= HALF_GPU_MIN_D)."""
     routes = []
     real = fused_ce._FusedSampledCE.apply
-    monkeypatch.setattr(fused_ce._FusedSampledCE, "apply", lambda *a: routes.append(a[5]) or real(*a))
+    monkeypatch.setattr(fused_ce._FusedSampledCE, "apply", lambda *a: routes.append(a[5] != "gather") or real(*a))
     h, pos = torch.randn(4, 8), torch.tensor([1, 2, 3, 4])
     ratio = fused_ce.DENSE_MAX_RATIO_HALF if bf16 else fused_ce.DENSE_MAX_RATIO
     assert fused_ce.DENSE_MAX_RATIO_HALF > fused_ce.DENSE_MAX_RATIO  # so the two cases differ
@@ -190,7 +190,7 @@ def test_default_bag_route_follows_device_table_and_catalog_size(monkeypatch):
     assert not fused_ce.bag_route(gpu, 3706, 1025, table_grad=False)
     bags = []
     real = fused_ce._FusedSampledCE.apply
-    monkeypatch.setattr(fused_ce._FusedSampledCE, "apply", lambda *a: bags.append(a[6]) or real(*a))
+    monkeypatch.setattr(fused_ce._FusedSampledCE, "apply", lambda *a: bags.append(a[5] == "bag") or real(*a))
     h, pos, n_items, k = torch.randn(4, 8), torch.tensor([1, 2, 3, 4]), ratio * 5 - 1, 4
     neg = torch.randint(1, n_items + 1, (4, k))
     assert n_items <= fused_ce.DENSE_MAX_RATIO * (k + 1)  # the default is a dense route for both tables

@@ -121,8 +121,9 @@ BAG_MIN_RATIO = 10  # CPU: a trainable table's dh from bags of its rows when I >
 class _FusedSampledCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, table: torch.Tensor, pos_codes: torch.Tensor, neg_codes: torch.Tensor,
-                log_q: torch.Tensor | None, dense: bool, bag: bool, chunk: int) -> torch.Tensor:
+                log_q: torch.Tensor | None, route: str, chunk: int) -> torch.Tensor:
         n = h.shape[0]
+        dense, bag = route != "gather", route == "bag"
         dh = torch.empty_like(h)
         dtable = torch.zeros(table.shape, dtype=torch.float32, device=h.device) if ctx.needs_input_grad[1] else None
         total = torch.zeros((), dtype=torch.float32, device=h.device)
@@ -177,7 +178,7 @@ class _FusedSampledCE(torch.autograd.Function):
         dh, dtable = ctx.saved_tensors
         scale = grad_out / ctx.n  # as in _FusedLinearCE.backward
         dt = None if dtable is None else (dtable * scale).to(ctx.table_dtype)
-        return dh * scale, dt, None, None, None, None, None, None
+        return dh * scale, dt, None, None, None, None, None
 
 
 def dense_route(n_items: int, k1: int, device: torch.device, half: bool, *, table_grad: bool, d: int) -> bool:
@@ -234,7 +235,6 @@ def fused_sampled_cross_entropy(h: torch.Tensor, table: torch.Tensor, pos_codes:
                                    d=table.shape[1])
     if route not in ROUTES:
         raise ValueError(f"route {route!r}: expected one of {', '.join(ROUTES)}")
-    dense = route != "gather"
-    row_bytes = sampled_row_bytes(n_items, k1, table.shape[1], elem_bytes, dense)
+    row_bytes = sampled_row_bytes(n_items, k1, table.shape[1], elem_bytes, route != "gather")
     chunk = chunk or chunk_rows(row_bytes, h.device)
-    return _FusedSampledCE.apply(h, table, pos_codes, neg_codes, log_q, dense, route == "bag", chunk)
+    return _FusedSampledCE.apply(h, table, pos_codes, neg_codes, log_q, route, chunk)
