@@ -12,6 +12,7 @@ from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.eval.ranking import evaluate, evaluate_splits, pessimistic_ranks, ranking_metrics
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog
+from bfmscale.train import fused_ce
 from bfmscale.train.data import build_sequences
 from bfmscale.train.negatives import NegativeSampler
 from bfmscale.train.step import Objective
@@ -53,6 +54,18 @@ def test_results_independent_of_eval_batch_size(setup):
     assert (a.per_user["rank"].to_numpy() == c.per_user["rank"].to_numpy()).all()
     np.testing.assert_allclose(a.per_user["ce"], c.per_user["ce"], rtol=1e-5)
     assert a.metrics["ndcg@10"] == pytest.approx(c.metrics["ndcg@10"])
+
+
+def test_scores_in_blocks_of_table_rows_rank_the_same(setup, monkeypatch):
+    """Ranking through fp32 CPU scores taken in blocks of table rows (small blocks forced) gives the same ranks and
+    CE as one product."""
+    model, seqs = setup
+    a = evaluate(model, seqs, "test", 8, torch.device("cpu"), batch_size=16)
+    monkeypatch.setattr(fused_ce, "SCORE_BLOCK", 3)
+    monkeypatch.setattr(fused_ce, "SCORE_BLOCK_MIN_ROWS", 1)
+    b = evaluate(model, seqs, "test", 8, torch.device("cpu"), batch_size=16)
+    assert (a.per_user["rank"].to_numpy() == b.per_user["rank"].to_numpy()).all()
+    np.testing.assert_allclose(a.per_user["ce"], b.per_user["ce"], rtol=1e-6)
 
 
 def test_batches_go_by_window_length_and_rows_keep_the_users_order(tmp_path, monkeypatch):

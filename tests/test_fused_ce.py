@@ -14,9 +14,35 @@ from bfmscale.train.fused_ce import fused_linear_cross_entropy, fused_sampled_cr
 from bfmscale.train.negatives import NegativeSampler, sampled_softmax_loss, table_sampled_softmax_loss
 
 
+@pytest.fixture(params=[False, True], ids=["one-product", "blocked"])
+def blocked_scores(request, monkeypatch):
+    """Table scores as one product, or in small blocks of table rows forced (as large fp32 CPU chunks run)."""
+    if request.param:
+        monkeypatch.setattr(fused_ce, "SCORE_BLOCK", 4)
+        monkeypatch.setattr(fused_ce, "SCORE_BLOCK_MIN_ROWS", 1)
+
+
+def test_table_scores_in_blocks_equal_one_product(monkeypatch):
+    """fp32 CPU scores of enough rows come in blocks of SCORE_BLOCK table rows, the last one short; bf16, fewer
+    rows and a table of at most two blocks take one product. Each way, h @ table.T."""
+    monkeypatch.setattr(fused_ce, "SCORE_BLOCK", 5)
+    monkeypatch.setattr(fused_ce, "SCORE_BLOCK_MIN_ROWS", 300)
+    products = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a, **kw: products.append(a[1].shape) or mm(*a, **kw))
+    torch.manual_seed(0)
+    h, table = torch.randn(300, 8), torch.randn(23, 8)
+    torch.testing.assert_close(fused_ce.table_scores(h, table), h @ table.T)
+    assert products == [(8, 5)] * 4 + [(8, 3)]
+    products.clear()
+    for hh, tt in [(h[:299], table), (h.bfloat16(), table.bfloat16()), (h, table[:10])]:
+        torch.testing.assert_close(fused_ce.table_scores(hh, tt), hh @ tt.T)
+    assert products == []
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
 @pytest.mark.parametrize("need_e", [True, False])
-def test_matches_reference(chunk, need_e, device):
+def test_matches_reference(chunk, need_e, device, blocked_scores):
     torch.manual_seed(0)
     h = torch.randn(50, 16).to(device).requires_grad_()
     e = torch.randn(33, 16).to(device).requires_grad_(need_e)
@@ -38,7 +64,7 @@ def test_matches_reference(chunk, need_e, device):
 
 
 @pytest.mark.parametrize("need_e,factor", [(True, 3), (False, 2)])
-def test_flops_equal_plain_autograd(need_e, factor):
+def test_flops_equal_plain_autograd(need_e, factor, blocked_scores):
     h = torch.randn(40, 8, requires_grad=True)
     e = torch.randn(20, 8, requires_grad=need_e)
     y = torch.randint(0, 20, (40,))
@@ -82,7 +108,7 @@ def test_under_autocast_matches_plain_autocast():
 @pytest.mark.parametrize("chunk", [1, 5, 1000])
 @pytest.mark.parametrize("logq", [True, False])
 @pytest.mark.parametrize("route", fused_ce.ROUTES)
-def test_frozen_sampled_matches_reference(chunk, logq, route, device):
+def test_frozen_sampled_matches_reference(chunk, logq, route, device, blocked_scores):
     """Fused sampled CE over a frozen cache, any route: same loss and dh as the plain path, accidental hits
     still masked, repeated negatives counted once each."""
     torch.manual_seed(0)
@@ -110,7 +136,7 @@ def test_frozen_sampled_matches_reference(chunk, logq, route, device):
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
 @pytest.mark.parametrize("route", fused_ce.ROUTES)
-def test_table_sampled_gradient_matches_reference(chunk, route, device):
+def test_table_sampled_gradient_matches_reference(chunk, route, device, blocked_scores):
     """With a trainable item table, any route gives the plain path's loss and the gradients of h and of every
     table row (positives, repeated negatives and accidental hits included; the padding row gets none)."""
     torch.manual_seed(0)

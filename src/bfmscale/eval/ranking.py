@@ -16,6 +16,7 @@ import torch
 
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.train.data import Sequences, Windows, eval_windows, gather
+from bfmscale.train.fused_ce import table_scores
 
 KS = (1, 5, 10, 20, 50)
 
@@ -122,7 +123,7 @@ def evaluate_splits(model: BehaviorModel, seqs: Sequences, splits: tuple[str, ..
             target_idx = (win.starts[:, None] + pos + 1).ravel()
             u = np.repeat(u, pos.shape[1])
             tgt = seqs.items[torch.from_numpy(target_idx)].to(device)
-            scores = (h / temp if temp != 1.0 else h) @ catalog.T
+            scores = table_scores(h / temp if temp != 1.0 else h, catalog)
             ce = torch.logsumexp(scores, 1) - scores.gather(1, (tgt - 1).unsqueeze(1)).squeeze(1)
             obj = ce if objective is None else per_query(objective, scores, tgt, target_idx, pos.shape[1])
             if exclude_seen:
