@@ -53,7 +53,7 @@ def table_scores(h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """h @ table.T. On the CPU in fp32 for at least SCORE_BLOCK_MIN_ROWS rows of h, in products of SCORE_BLOCK table
     rows each: one sgemm over the wide [rows, I] output with a short inner dimension (d) ran 1.05-1.9x slower than
     the blocked products (AMD EPYC, 256-1,131 rows x 3,707 items, d=64-1024). In bf16 blocks gained nothing
-    consistent (0.7-1.2x), and at 64 rows they lose."""
+    consistent (0.7-1.2x), and at 64 rows they lose; a table of at most two blocks is one product anyway."""
     n, i = h.shape[0], table.shape[0]
     if h.device.type != "cpu" or h.dtype != torch.float32 or n < SCORE_BLOCK_MIN_ROWS or i <= 2 * SCORE_BLOCK:
         return h @ table.T
