@@ -23,6 +23,16 @@ def device(request: pytest.FixtureRequest) -> torch.device:
     return torch.device(request.param)
 
 
+def force_score_blocks(monkeypatch: pytest.MonkeyPatch, block: int, min_rows: int = 1) -> None:
+    """fp32 CPU table scores in products of `block` table rows from `min_rows` rows of h on, on any CPU (the rule
+    holds on AMD CPUs only, see `fused_ce.table_scores`)."""
+    from bfmscale.train import fused_ce
+
+    monkeypatch.setattr(fused_ce, "cpu_is_amd", lambda: True)
+    monkeypatch.setattr(fused_ce, "SCORE_BLOCK", block)
+    monkeypatch.setattr(fused_ce, "SCORE_BLOCK_MIN_ROWS", min_rows)
+
+
 def snapshot(path: Path) -> dict[str, bytes] | None:
     """Every file under `path` (relative name -> bytes), or None when `path` does not exist."""
     path = Path(path)

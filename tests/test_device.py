@@ -30,6 +30,18 @@ def test_amx_detected_from_cpu_capabilities(caps, amx):
         dev.cpu_has_amx.cache_clear()
 
 
+@pytest.mark.parametrize("caps,amd", [({"cpu_name": "AMD EPYC 9B14"}, True), ({"cpu_name": "Intel Xeon"}, False),
+                                      ({}, False)])
+def test_amd_detected_from_the_cpu_name(caps, amd):
+    """An AMD CPU (which picks the fp32 table-score rule) is known by the name torch gives it; cached per process."""
+    dev.cpu_is_amd.cache_clear()
+    try:
+        with mock.patch.object(torch.cpu, "get_capabilities", return_value=caps, create=True):
+            assert dev.cpu_is_amd() is amd
+    finally:
+        dev.cpu_is_amd.cache_clear()
+
+
 @pytest.mark.parametrize("native,expected", [(False, None), (True, torch.bfloat16)])
 def test_auto_picks_bf16_only_on_a_cpu_with_native_bf16(native, expected):
     cpu = torch.device("cpu")

@@ -12,10 +12,10 @@ from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.eval.ranking import evaluate, evaluate_splits, pessimistic_ranks, ranking_metrics
 from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog
-from bfmscale.train import fused_ce
 from bfmscale.train.data import build_sequences
 from bfmscale.train.negatives import NegativeSampler
 from bfmscale.train.step import Objective
+from conftest import force_score_blocks
 from synthetic import make_prepared
 
 
@@ -61,8 +61,7 @@ def test_scores_in_blocks_of_table_rows_rank_the_same(setup, monkeypatch):
     CE as one product."""
     model, seqs = setup
     a = evaluate(model, seqs, "test", 8, torch.device("cpu"), batch_size=16)
-    monkeypatch.setattr(fused_ce, "SCORE_BLOCK", 3)
-    monkeypatch.setattr(fused_ce, "SCORE_BLOCK_MIN_ROWS", 1)
+    force_score_blocks(monkeypatch, 3)
     b = evaluate(model, seqs, "test", 8, torch.device("cpu"), batch_size=16)
     assert (a.per_user["rank"].to_numpy() == b.per_user["rank"].to_numpy()).all()
     np.testing.assert_allclose(a.per_user["ce"], b.per_user["ce"], rtol=1e-6)

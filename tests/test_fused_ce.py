@@ -12,21 +12,20 @@ from torch.utils.flop_counter import FlopCounterMode
 from bfmscale.train import fused_ce
 from bfmscale.train.fused_ce import fused_linear_cross_entropy, fused_sampled_cross_entropy
 from bfmscale.train.negatives import NegativeSampler, sampled_softmax_loss, table_sampled_softmax_loss
+from conftest import force_score_blocks
 
 
 @pytest.fixture(params=[False, True], ids=["one-product", "blocked"])
 def blocked_scores(request, monkeypatch):
     """Table scores as one product, or in small blocks of table rows forced (as large fp32 CPU chunks run)."""
     if request.param:
-        monkeypatch.setattr(fused_ce, "SCORE_BLOCK", 4)
-        monkeypatch.setattr(fused_ce, "SCORE_BLOCK_MIN_ROWS", 1)
+        force_score_blocks(monkeypatch, 4)
 
 
 def test_table_scores_in_blocks_equal_one_product(monkeypatch):
-    """fp32 CPU scores of enough rows come in blocks of SCORE_BLOCK table rows, the last one short; bf16, fewer
-    rows and a table of at most two blocks take one product. Each way, h @ table.T."""
-    monkeypatch.setattr(fused_ce, "SCORE_BLOCK", 5)
-    monkeypatch.setattr(fused_ce, "SCORE_BLOCK_MIN_ROWS", 300)
+    """fp32 scores of enough rows on an AMD CPU come in blocks of SCORE_BLOCK table rows, the last one short; bf16,
+    fewer rows, a table of at most two blocks and other CPUs take one product. Each way, h @ table.T."""
+    force_score_blocks(monkeypatch, 5, min_rows=300)
     products = []
     mm = torch.mm
     monkeypatch.setattr(torch, "mm", lambda *a, **kw: products.append(a[1].shape) or mm(*a, **kw))
@@ -37,6 +36,9 @@ def test_table_scores_in_blocks_equal_one_product(monkeypatch):
     products.clear()
     for hh, tt in [(h[:299], table), (h.bfloat16(), table.bfloat16()), (h, table[:10])]:
         torch.testing.assert_close(fused_ce.table_scores(hh, tt), hh @ tt.T)
+    assert products == []
+    monkeypatch.setattr(fused_ce, "cpu_is_amd", lambda: False)
+    torch.testing.assert_close(fused_ce.table_scores(h, table), h @ table.T)
     assert products == []
 
 

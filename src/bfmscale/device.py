@@ -35,6 +35,13 @@ def cpu_has_amx() -> bool:
     return bool(cpu_capabilities().get("amx_bf16"))
 
 
+@functools.cache
+def cpu_is_amd() -> bool:
+    """True on an AMD CPU, by the name torch's cpuinfo gives it (MKL's fp32 GEMM measured differently there, see
+    `table_scores`)."""
+    return str(cpu_capabilities().get("cpu_name", "")).upper().startswith("AMD")
+
+
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (None = plain fp32). auto: bf16 on a bf16-capable GPU or a CPU with native bf16."""
     if name == "fp32":

@@ -20,6 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from bfmscale.device import cpu_is_amd
+
 # A sampled negative equal to the positive gets this logit: large, finite (no inf - inf = nan in the softmax).
 HIT_MASK = -1e9
 
@@ -44,18 +46,21 @@ def _matmul_dtype(h: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
 
 
-# CPU, fp32: table rows per product in `table_scores` (see there).
+# AMD CPUs, fp32: table rows per product in `table_scores` (see there).
 SCORE_BLOCK = 256
 SCORE_BLOCK_MIN_ROWS = 256
 
 
 def table_scores(h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """h @ table.T. On the CPU in fp32 for at least SCORE_BLOCK_MIN_ROWS rows of h, in products of SCORE_BLOCK table
-    rows each: one sgemm over the wide [rows, I] output with a short inner dimension (d) ran 1.05-1.9x slower than
-    the blocked products (AMD EPYC, 256-1,131 rows x 3,707 items, d=64-1024). In bf16 blocks gained nothing
-    consistent (0.7-1.2x), and at 64 rows they lose; a table of at most two blocks is one product anyway."""
+    """h @ table.T. On an AMD CPU in fp32 for at least SCORE_BLOCK_MIN_ROWS rows of h, in products of SCORE_BLOCK
+    table rows each: there one sgemm over the wide [rows, I] output with a short inner dimension (d) ran 1.05-1.9x
+    slower than the blocked products (AMD EPYC, 256-1,131 rows x 3,707 items, d=64-1024). Elsewhere one product: on
+    an Intel Xeon the blocks ran 0.6-0.9x of it (AVX-512 or AVX2 code paths alike). In bf16 blocks gained nothing
+    consistent on the AMD (0.7-1.2x) and lost on the Xeon (0.1-0.9x); at 64 rows they lose; a table of at most two
+    blocks is one product anyway."""
     n, i = h.shape[0], table.shape[0]
-    if h.device.type != "cpu" or h.dtype != torch.float32 or n < SCORE_BLOCK_MIN_ROWS or i <= 2 * SCORE_BLOCK:
+    if (h.device.type != "cpu" or h.dtype != torch.float32 or n < SCORE_BLOCK_MIN_ROWS or i <= 2 * SCORE_BLOCK
+            or not cpu_is_amd()):
         return h @ table.T
     out = torch.empty((n, i), dtype=h.dtype)
     for s in range(0, i, SCORE_BLOCK):
