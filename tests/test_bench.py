@@ -259,3 +259,58 @@ def test_sampled_ce_routes_refuses_cuda_without_a_gpu(monkeypatch, capsys, bench
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("sampled_ce_routes.py: error: argument --device: 'cuda': no CUDA device")
+
+
+CEILING_ROW = re.compile(r"^\s*16\s+50\s+(\w+)\s+(id|features)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+(\d+)%\s+([\d.]+)x"
+                         r"\s+([\d.]+)x\s+([\d.]+)x  (.*)$")
+
+
+def test_bf16_ceiling_prints_a_row_per_configuration(tmp_path, monkeypatch, capsys, bench_modules):
+    import bf16_ceiling
+    import train_throughput
+
+    ds = make_prepared(tmp_path, n_users=6, n_items=40, min_len=60, max_len=80)
+    monkeypatch.setattr(bf16_ceiling, "cpu_has_native_bf16", lambda: True)  # bf16 runs anywhere, slowly
+    monkeypatch.setattr(sys, "argv", ["bf16_ceiling.py", "--prepared", str(ds.path), "--d-models", "16", "--lengths",
+                                      "50", "--steps", "1", "--batch-size", "2", "--peak-n", "64"])
+    bf16_ceiling.main()
+    out = capsys.readouterr().out
+    assert re.search(r"^cpu .* matmul peak \(64\^3\): fp32 [\d.]+, bf16 [\d.]+ GFLOP/s", out, re.M)
+    rows = [m.groups() for m in map(CEILING_ROW.match, out.splitlines()) if m]
+    assert {(r[0], r[1]) for r in rows} == {(o, e) for o in train_throughput.OBJECTIVES for e in ("id", "features")}
+    for r in rows:
+        assert float(r[2]) > 0 and float(r[3]) > 0 and 0 < int(r[5]) <= 100, r
+        assert all(op.split()[0] not in {"mm", "addmm", "bmm", "baddbmm"} for op in r[9].split(", ") if op), r
+
+
+def test_bf16_ceiling_refuses_a_cpu_without_native_bf16(monkeypatch, bench_modules):
+    import bf16_ceiling
+
+    monkeypatch.setattr(bf16_ceiling, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(bf16_ceiling, "load_prepared", lambda path: pytest.fail("ran on without native bf16"))
+    monkeypatch.setattr(sys, "argv", ["bf16_ceiling.py"])
+    with pytest.raises(SystemExit, match="no native bf16"):
+        bf16_ceiling.main()
+
+
+def test_bf16_ceiling_splits_matrix_products_from_the_rest(bench_modules):
+    """The profile's matrix-product kernels are counted apart; the ceiling is Amdahl's; the ops bf16 adds most come
+    from outside the products, largest first."""
+    from collections import Counter
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from bf16_ceiling import added_ops, ceiling, matmul_seconds, self_times
+
+    a = torch.randn(256, 256)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.relu(a @ a)
+    times = self_times(prof)
+    assert times["aten::mm"] > 0 and times["aten::relu"] + times["aten::clamp_min"] > 0
+    assert matmul_seconds(times) == times["aten::mm"] + times["aten::addmm"]
+    assert ceiling(100.0, 60.0, 20.0) == 100.0 / 60.0  # 40 outside the products, which shrink from 60 to 20
+    assert ceiling(100.0, 0.0, 0.0) == 1.0
+    t32 = Counter({"aten::mm": 5.0, "aten::copy_": 1.0, "aten::add": 2.0})
+    t16 = Counter({"aten::mm": 9.0, "aten::copy_": 4.0, "aten::add": 1.0, "aten::_to_copy": 0.5})
+    assert added_ops(t32, t16, 3) == [("aten::copy_", 3.0), ("aten::_to_copy", 0.5)]
+    assert added_ops(t32, t16, 1) == [("aten::copy_", 3.0)]
