@@ -1,14 +1,15 @@
 """How far bf16 autocast can speed up a training step here: each configuration's steps profiled in fp32 and bf16,
-split into matrix products and the rest, with the ceiling that split sets.
+split into matrix products and the rest, with the ratio that split allows.
 
 A configuration's fp32 and bf16 steps are taken in turn (fp32, bf16, fp32, ...), each under torch.profiler. The
 matrix products are the ATen kernels in MATMUL_OPS (their self time); the rest is the step's wall time less them
-(element-wise work, casts, gathers, the optimizer, Python). The ceiling is the bf16/fp32 ratio the step would reach
-if bf16 sped up its matrix products as much as measured here and cost exactly what fp32 costs everywhere else:
-fp32 step / (fp32 step - fp32 products + bf16 products) (Amdahl). It is generous to bf16: the extra work bf16 brings
-(autocast's casts, explicit attention's softmax) is left out of it. Where the ceiling is under a goal, no tuning of
-the products reaches the goal; only less work outside them can. The columns after it name the ops whose time bf16
-adds most. Needs data/prepared/ml-1m and a CPU with native bf16.
+(element-wise work, casts, gathers, the optimizer, Python). The Amdahl column is the bf16/fp32 ratio the step would
+reach if bf16 changed only its products' time, as measured here: fp32 step / (fp32 step - fp32 products + bf16
+products). Beside it, the rest's own bf16/fp32 time: above 1 where bf16 adds work outside the products (autocast's
+casts, explicit attention's softmax), below where its half-size tensors make memory-bound work cheaper. Where the
+Amdahl ratio is under a goal and the rest does not get cheaper, no tuning of the products reaches the goal. The last
+column names the ops whose time bf16 adds most. The profiler's own cost per op is in these step times, so their
+ratios read a little below bench/train_throughput.py's. Needs data/prepared/ml-1m and a CPU with native bf16.
 
     .venv/bin/python bench/bf16_ceiling.py            # d in {64, 128} x T in {50, 200} x 3 objectives x 2 embedders
     .venv/bin/python bench/bf16_ceiling.py --quick    # d=64, T=50, ID: the three objectives
@@ -50,7 +51,7 @@ def matmul_seconds(times: Counter[str]) -> float:
     return sum(t for op, t in times.items() if op in MATMUL_OPS)
 
 
-def ceiling(step32: float, mm32: float, mm16: float) -> float:
+def amdahl_ratio(step32: float, mm32: float, mm16: float) -> float:
     """bf16/fp32 step ratio if bf16 changed only the matrix products' time (from mm32 to mm16 per step)."""
     return step32 / (step32 - mm32 + mm16)
 
@@ -105,7 +106,7 @@ def main() -> None:
           f"threads, L={args.layers}, batch {args.batch_size}, {args.steps} profiled steps per precision; matmul peak "
           f"({args.peak_n}^3): fp32 {peaks['fp32']:.1f}, bf16 {peaks['bf16']:.1f} GFLOP/s ({peaks['bf16'] / peaks['fp32']:.2f}x)")
     print(f"{'d':>4} {'T':>4} {'objective':>11} {'embedder':>9} {'fp32 ms':>8} {'bf16 ms':>8} {'bf16/fp32':>9} "
-          f"{'mm share':>8} {'mm speed-up':>11} {'rest bf16/fp32':>14} {'ceiling':>8}  bf16 adds most (ms/step)")
+          f"{'mm share':>8} {'mm speed-up':>11} {'rest bf16/fp32':>14} {'Amdahl':>8}  bf16 adds most (ms/step)")
     for d, t, obj, emb in grid:
         mc = ModelConfig(embedder=emb, d_model=d, n_layers=args.layers, n_heads=max(1, d // 64), d_ff=4 * d,
                          max_len=t, dropout=0.1)
@@ -115,7 +116,7 @@ def main() -> None:
         added = ", ".join(f"{op.removeprefix('aten::')} {1e3 * s:.1f}" for op, s in added_ops(t32, t16, args.top))
         print(f"{d:>4} {t:>4} {obj:>11} {emb:>9} {1e3 * s32:>8.1f} {1e3 * s16:>8.1f} {s32 / s16:>8.2f}x "
               f"{100 * mm32 / s32:>7.0f}% {mm32 / mm16:>10.2f}x {(s16 - mm16) / (s32 - mm32):>13.2f}x "
-              f"{ceiling(s32, mm32, mm16):>7.2f}x  {added}", flush=True)
+              f"{amdahl_ratio(s32, mm32, mm16):>7.2f}x  {added}", flush=True)
 
 
 if __name__ == "__main__":

@@ -294,13 +294,13 @@ def test_bf16_ceiling_refuses_a_cpu_without_native_bf16(monkeypatch, bench_modul
 
 
 def test_bf16_ceiling_splits_matrix_products_from_the_rest(bench_modules):
-    """The profile's matrix-product kernels are counted apart; the ceiling is Amdahl's; the ops bf16 adds most come
+    """The profile's matrix-product kernels are counted apart; the ratio they allow is Amdahl's; the ops bf16 adds most come
     from outside the products, largest first."""
     from collections import Counter
 
     from torch.profiler import ProfilerActivity, profile
 
-    from bf16_ceiling import added_ops, ceiling, matmul_seconds, self_times
+    from bf16_ceiling import added_ops, amdahl_ratio, matmul_seconds, self_times
 
     a = torch.randn(256, 256)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -308,8 +308,8 @@ def test_bf16_ceiling_splits_matrix_products_from_the_rest(bench_modules):
     times = self_times(prof)
     assert times["aten::mm"] > 0 and times["aten::relu"] + times["aten::clamp_min"] > 0
     assert matmul_seconds(times) == times["aten::mm"] + times["aten::addmm"]
-    assert ceiling(100.0, 60.0, 20.0) == 100.0 / 60.0  # 40 outside the products, which shrink from 60 to 20
-    assert ceiling(100.0, 0.0, 0.0) == 1.0
+    assert amdahl_ratio(100.0, 60.0, 20.0) == 100.0 / 60.0  # 40 outside the products, which shrink from 60 to 20
+    assert amdahl_ratio(100.0, 0.0, 0.0) == 1.0
     t32 = Counter({"aten::mm": 5.0, "aten::copy_": 1.0, "aten::add": 2.0})
     t16 = Counter({"aten::mm": 9.0, "aten::copy_": 4.0, "aten::add": 1.0, "aten::_to_copy": 0.5})
     assert added_ops(t32, t16, 3) == [("aten::copy_", 3.0), ("aten::_to_copy", 0.5)]
