@@ -18,28 +18,21 @@ def test_native_bf16_detected_from_cpu_capabilities(caps, native):
         assert dev.cpu_has_native_bf16() is native
 
 
-@pytest.mark.parametrize("caps,amx", [({"avx512_bf16": True}, False), ({"avx512_bf16": True, "amx_bf16": True}, True),
-                                      ({}, False)])
-def test_amx_detected_from_cpu_capabilities(caps, amx):
-    """AMX (which picks the CPU attention rule) is read from torch's flags; the answer is cached per process."""
-    dev.cpu_has_amx.cache_clear()
+@pytest.mark.parametrize("trait,caps,expected", [
+    ("cpu_has_amx", {"avx512_bf16": True}, False), ("cpu_has_amx", {"avx512_bf16": True, "amx_bf16": True}, True),
+    ("cpu_has_amx", {}, False), ("cpu_is_amd", {"cpu_name": "AMD EPYC 9B14"}, True),
+    ("cpu_is_amd", {"cpu_name": "Intel Xeon"}, False), ("cpu_is_amd", {}, False)])
+def test_cpu_kind_detected_from_torch_and_cached(trait, caps, expected):
+    """AMX (which picks the CPU attention rule) is read from torch's flags, an AMD CPU (which picks the fp32
+    table-score rule) from the name torch gives it; each answer is cached per process."""
+    detect = getattr(dev, trait)
+    detect.cache_clear()
     try:
         with mock.patch.object(torch.cpu, "get_capabilities", return_value=caps, create=True):
-            assert dev.cpu_has_amx() is amx
+            assert detect() is expected
+        assert detect() is expected  # cached: torch is no longer asked
     finally:
-        dev.cpu_has_amx.cache_clear()
-
-
-@pytest.mark.parametrize("caps,amd", [({"cpu_name": "AMD EPYC 9B14"}, True), ({"cpu_name": "Intel Xeon"}, False),
-                                      ({}, False)])
-def test_amd_detected_from_the_cpu_name(caps, amd):
-    """An AMD CPU (which picks the fp32 table-score rule) is known by the name torch gives it; cached per process."""
-    dev.cpu_is_amd.cache_clear()
-    try:
-        with mock.patch.object(torch.cpu, "get_capabilities", return_value=caps, create=True):
-            assert dev.cpu_is_amd() is amd
-    finally:
-        dev.cpu_is_amd.cache_clear()
+        detect.cache_clear()
 
 
 @pytest.mark.parametrize("native,expected", [(False, None), (True, torch.bfloat16)])
