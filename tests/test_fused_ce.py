@@ -17,7 +17,7 @@ from conftest import force_score_blocks
 
 @pytest.fixture(params=[False, True], ids=["one-product", "blocked"])
 def blocked_scores(request, monkeypatch):
-    """Table scores as one product, or in small blocks of table rows forced (as large fp32 CPU chunks run)."""
+    """Table scores as one product, or in small blocks of table rows forced (as large fp32 chunks run on AMD CPUs)."""
     if request.param:
         force_score_blocks(monkeypatch, 4)
 
