@@ -31,14 +31,13 @@ from bfmscale.data.dataset import load_prepared
 from bfmscale.device import cpu_has_native_bf16
 from bfmscale.model.catalog import build_catalog
 from bfmscale.train.data import build_sequences
-from train_throughput import OBJECTIVES, ConfigRun, matmul_peak
+from train_throughput import AMPS, DTYPES, OBJECTIVES, ConfigRun, grid_model, matmul_peak
 
 # The CPU kernels of the step's matrix products: linear layers, the CE's scores and gradients, attention (fp32
 # flash forward and backward; bf16's explicit QK^T and PV).
 MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
                         "aten::_scaled_dot_product_flash_attention_for_cpu",
                         "aten::_scaled_dot_product_flash_attention_for_cpu_backward"})
-AMPS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def self_times(prof: profile) -> Counter[str]:
@@ -58,7 +57,7 @@ def amdahl_ratio(step32: float, mm32: float, mm16: float) -> float:
 
 def added_ops(t32: Counter[str], t16: Counter[str], top: int) -> list[tuple[str, float]]:
     """The `top` ops outside MATMUL_OPS whose time bf16 adds most, with the seconds added (largest first)."""
-    extra = {op: t16[op] - t32.get(op, 0.0) for op in t16 if op not in MATMUL_OPS}
+    extra = {op: t16[op] - t32[op] for op in t16 if op not in MATMUL_OPS}
     return sorted(((op, s) for op, s in extra.items() if s > 0), key=lambda x: -x[1])[:top]
 
 
@@ -100,18 +99,16 @@ def main() -> None:
     grid = list(itertools.product(args.d_models, args.lengths, OBJECTIVES, ["id", "features"]))
     if args.quick:
         grid = [(64, 50, obj, "id") for obj in OBJECTIVES]
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    peaks = {p: matmul_peak(dtypes[p], torch.device("cpu"), args.peak_n) for p in AMPS}
+    peaks = {p: matmul_peak(DTYPES[p], torch.device("cpu"), args.peak_n) for p in AMPS}
     print(f"cpu ({platform.processor() or platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, L={args.layers}, batch {args.batch_size}, {args.steps} profiled steps per precision; matmul peak "
           f"({args.peak_n}^3): fp32 {peaks['fp32']:.1f}, bf16 {peaks['bf16']:.1f} GFLOP/s ({peaks['bf16'] / peaks['fp32']:.2f}x)")
     print(f"{'d':>4} {'T':>4} {'objective':>11} {'embedder':>9} {'fp32 ms':>8} {'bf16 ms':>8} {'bf16/fp32':>9} "
           f"{'mm share':>8} {'mm speed-up':>11} {'rest bf16/fp32':>14} {'Amdahl':>8}  bf16 adds most (ms/step)")
     for d, t, obj, emb in grid:
-        mc = ModelConfig(embedder=emb, d_model=d, n_layers=args.layers, n_heads=max(1, d // 64), d_ff=4 * d,
-                         max_len=t, dropout=0.1)
-        (s32, t32), (s16, t16) = profile_pair(ds, seqs, catalog, mc, TrainConfig(**OBJECTIVES[obj]),
-                                              args.batch_size, args.steps).values()
+        res = profile_pair(ds, seqs, catalog, grid_model(d, args.layers, t, emb), TrainConfig(**OBJECTIVES[obj]),
+                           args.batch_size, args.steps)
+        (s32, t32), (s16, t16) = res["fp32"], res["bf16"]
         mm32, mm16 = matmul_seconds(t32), matmul_seconds(t16)
         added = ", ".join(f"{op.removeprefix('aten::')} {1e3 * s:.1f}" for op, s in added_ops(t32, t16, args.top))
         print(f"{d:>4} {t:>4} {obj:>11} {emb:>9} {1e3 * s32:>8.1f} {1e3 * s16:>8.1f} {s32 / s16:>8.2f}x "

@@ -48,6 +48,14 @@ from bfmscale.train.step import Objective, train_step
 
 OBJECTIVES = {"full": dict(objective="full"), "sampled128": dict(objective="sampled", n_negatives=128),
               "frozen1024": dict(objective="sampled", n_negatives=1024, freeze_embedder=True)}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # each precision's matmul dtype (its peak's)
+AMPS = {"fp32": None, "bf16": torch.bfloat16}  # the autocast dtype of each precision (fp32: none)
+
+
+def grid_model(d: int, layers: int, t: int, embedder: str = "id") -> ModelConfig:
+    """The grid's model at width d: heads of 64 dimensions, a 4d MLP, windows of T events, dropout 0.1."""
+    return ModelConfig(embedder=embedder, d_model=d, n_layers=layers, n_heads=max(1, d // 64), d_ff=4 * d, max_len=t,
+                       dropout=0.1)
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int, reps: int = 5) -> float:
@@ -170,8 +178,7 @@ def bench_precisions(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device
 
 def eval_throughput(seqs, catalog, d: int, device: torch.device) -> None:
     """Print users/s of full-catalog test ranking with one fixed configuration: ID embedder, L=2, T=200, fp32."""
-    model = BehaviorModel(ModelConfig(d_model=d, n_layers=2, n_heads=max(1, d // 64), d_ff=4 * d, max_len=200),
-                          catalog, len(seqs.feature_names)).to(device)
+    model = BehaviorModel(grid_model(d, 2, 200), catalog, len(seqs.feature_names)).to(device)  # eval: no dropout
     t0 = time.perf_counter()
     res = evaluate(model, seqs, "test", model.cfg.max_len, device, batch_size=512)
     el = time.perf_counter() - t0
@@ -205,9 +212,7 @@ def main() -> None:
     if "bf16" in precisions and not native_bf16:
         raise SystemExit(f"--precisions: bf16 asked for, but {device} has no native bf16 (it would run ~20x slower)")
     n = args.peak_n or (8192 if device.type == "cuda" else 2048)  # a GPU needs the larger product to reach its peak
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    amps = {"fp32": None, "bf16": torch.bfloat16}  # the autocast dtype of each precision (fp32: none)
-    peaks = {p: matmul_peak(dtypes[p], device, n) for p in precisions}
+    peaks = {p: matmul_peak(DTYPES[p], device, n) for p in precisions}
     d_models = args.d_models or [64, 128, 256]
     grid = list(itertools.product(d_models, [2, 4], [50, 200], OBJECTIVES, ["id", "features"]))
     if args.quick:
@@ -223,15 +228,14 @@ def main() -> None:
           (f" {'compiled tok/s':>15} {'speed-up':>9} {'compile s':>10}" if args.compile else ""))
     failed: list[str] = []
     for d, layers, t, obj, emb in grid:
-        mc = ModelConfig(embedder=emb, d_model=d, n_layers=layers, n_heads=max(1, d // 64), d_ff=4 * d, max_len=t,
-                         dropout=0.1)
+        mc = grid_model(d, layers, t, emb)
         tc = TrainConfig(**OBJECTIVES[obj])
         best: dict[str, tuple[Timing, float]] = {}  # precision -> (fastest round, the peak measured right before it)
-        live = {p: amps[p] for p in precisions}  # precisions that failed here are not retried in later rounds
+        live = {p: AMPS[p] for p in precisions}  # precisions that failed here are not retried in later rounds
         for _ in range(args.rounds):
             if not live:
                 break
-            row_peaks = {p: matmul_peak(dtypes[p], device, n) for p in live}  # the denominators, next to the rows
+            row_peaks = {p: matmul_peak(DTYPES[p], device, n) for p in live}  # the denominators, next to the rows
             timings, errors = bench_precisions(ds, seqs, catalog, mc, tc, device, live, args.batch_size, args.steps)
             for prec, why in errors.items():  # say so, go on, fail at the end
                 failed.append(f"{d} {layers} {t} {obj} {emb} {prec}: {why}")
@@ -243,7 +247,7 @@ def main() -> None:
         for prec, (timed, peak) in best.items():
             extra = ""
             if args.compile:
-                comps, errors = bench_precisions(ds, seqs, catalog, mc, tc, device, {prec: amps[prec]},
+                comps, errors = bench_precisions(ds, seqs, catalog, mc, tc, device, {prec: AMPS[prec]},
                                                  args.batch_size, args.steps, compile=True)
                 if prec in errors:
                     failed.append(f"{d} {layers} {t} {obj} {emb} {prec} compiled: {errors[prec]}")
@@ -259,7 +263,7 @@ def main() -> None:
                   f"{timed.model_flops_per_s / 1e9:>8.1f} {mfu:>5.1f}% {hfu:>5.1f}% {peak:>7.0f} {ratio}" + extra,
                   flush=True)
     print(f"matmul peak ({n}^3) at the end: " +
-          ", ".join(f"{p} {matmul_peak(dtypes[p], device, n):.1f} GFLOP/s" for p in precisions), flush=True)
+          ", ".join(f"{p} {matmul_peak(DTYPES[p], device, n):.1f} GFLOP/s" for p in precisions), flush=True)
     if failed:
         raise SystemExit(f"{len(failed)} configuration(s) failed: " + "; ".join(failed))
 
