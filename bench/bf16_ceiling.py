@@ -102,7 +102,8 @@ def main() -> None:
     peaks = {p: matmul_peak(DTYPES[p], torch.device("cpu"), args.peak_n) for p in AMPS}
     print(f"cpu ({platform.processor() or platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, L={args.layers}, batch {args.batch_size}, {args.steps} profiled steps per precision; matmul peak "
-          f"({args.peak_n}^3): fp32 {peaks['fp32']:.1f}, bf16 {peaks['bf16']:.1f} GFLOP/s ({peaks['bf16'] / peaks['fp32']:.2f}x)")
+          f"({args.peak_n}^3): fp32 {peaks['fp32']:.1f}, bf16 {peaks['bf16']:.1f} GFLOP/s "
+          f"({peaks['bf16'] / peaks['fp32']:.2f}x)")
     print(f"{'d':>4} {'T':>4} {'objective':>11} {'embedder':>9} {'fp32 ms':>8} {'bf16 ms':>8} {'bf16/fp32':>9} "
           f"{'mm share':>8} {'mm speed-up':>11} {'rest bf16/fp32':>14} {'Amdahl':>8}  bf16 adds most (ms/step)")
     for d, t, obj, emb in grid:

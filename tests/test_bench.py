@@ -294,8 +294,8 @@ def test_bf16_ceiling_refuses_a_cpu_without_native_bf16(monkeypatch, bench_modul
 
 
 def test_bf16_ceiling_splits_matrix_products_from_the_rest(bench_modules):
-    """The profile's matrix-product kernels are counted apart; the ratio they allow is Amdahl's; the ops bf16 adds most come
-    from outside the products, largest first."""
+    """The profile's matrix-product kernels are counted apart; the ratio they allow is Amdahl's; the ops bf16 adds
+    most come from outside the products, largest first."""
     from collections import Counter
 
     from torch.profiler import ProfilerActivity, profile
