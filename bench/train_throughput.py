@@ -35,7 +35,7 @@ import torch
 from bench_args import comma_list, positive, run
 from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.data.dataset import load_prepared
-from bfmscale.device import cpu_has_native_bf16, resolve_device
+from bfmscale.device import cpu_has_native_bf16, resolve_device, resolve_precision
 from bfmscale.errors import BfmError
 from bfmscale.eval.ranking import evaluate
 from bfmscale.model.accounting import counted_flops, step_flops
@@ -49,7 +49,7 @@ from bfmscale.train.step import Objective, train_step
 OBJECTIVES = {"full": dict(objective="full"), "sampled128": dict(objective="sampled", n_negatives=128),
               "frozen1024": dict(objective="sampled", n_negatives=1024, freeze_embedder=True)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # each precision's matmul dtype (its peak's)
-AMPS = {"fp32": None, "bf16": torch.bfloat16}  # the autocast dtype of each precision (fp32: none)
+AMPS = {p: resolve_precision(p, torch.device("cpu")) for p in DTYPES}  # each precision's autocast dtype (fp32: none)
 
 
 def grid_model(d: int, layers: int, t: int, embedder: str = "id") -> ModelConfig:

@@ -46,7 +46,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (None = plain fp32). auto: bf16 on a bf16-capable GPU or a CPU with native bf16."""
     if name == "fp32":
         return None
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
     if name == "bf16":
         return torch.bfloat16
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
     return torch.bfloat16 if native else None
