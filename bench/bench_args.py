@@ -1,16 +1,24 @@
-"""Argument types the benches share: a bad value stops argparse with one line that names the option and what was
-expected, before any work starts; `run` turns the package's BfmError (a missing dataset, a bad override) into one
-line as well, as the `bfmscale` command does."""
+"""What the benches share: argument types (a bad value stops argparse with one line that names the option and what
+was expected, before any work starts); `run`, which turns the package's BfmError (a missing dataset, a bad override)
+into one line as well, as the `bfmscale` command does; and `provenance`, the lines a bench's output starts with."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import torch
+
+from bfmscale.device import describe_machine
 from bfmscale.errors import BfmError
+
+REPO = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T", int, float, str)
 _NAMES = {int: "integer", float: "number", str: "name"}
@@ -54,3 +62,24 @@ def run(main: Callable[[], None]) -> None:
         main()
     except BfmError as exc:
         raise SystemExit(f"{Path(sys.argv[0]).name}: error: {exc}") from None
+
+
+def commit(repo: Path = REPO) -> str:
+    """The checkout's short commit, with a mark when tracked files differ from it; 'unknown' outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+    try:
+        head = git("rev-parse", "--short", "HEAD").strip()
+        return head + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no").strip()
+                       else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance(device: torch.device = torch.device("cpu")) -> str:
+    """When (UTC), at which commit, by which command and on which machine a bench's figures were measured."""
+    exe = Path(sys.executable)
+    if exe.is_relative_to(Path.cwd()):
+        exe = exe.relative_to(Path.cwd())
+    return (f"# {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, bfmscale at {commit()}: "
+            f"{shlex.join([str(exe), *sys.argv])}\n# {describe_machine(device)}")

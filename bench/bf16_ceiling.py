@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import platform
 from collections import Counter
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench_args import comma_list, positive, run
+from bench_args import comma_list, positive, provenance, run
 from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.data.dataset import load_prepared
 from bfmscale.device import cpu_has_native_bf16
@@ -93,6 +92,7 @@ def main() -> None:
     args = ap.parse_args()
     if not cpu_has_native_bf16():
         raise SystemExit("bf16_ceiling.py: this CPU has no native bf16 (bf16 would run ~20x slower): nothing to bound")
+    print(provenance(), flush=True)
     ds = load_prepared(args.prepared)
     seqs = build_sequences(ds)
     catalog = build_catalog(ds, 2048)
@@ -100,8 +100,7 @@ def main() -> None:
     if args.quick:
         grid = [(64, 50, obj, "id") for obj in OBJECTIVES]
     peaks = {p: matmul_peak(DTYPES[p], torch.device("cpu"), args.peak_n) for p in AMPS}
-    print(f"cpu ({platform.processor() or platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, L={args.layers}, batch {args.batch_size}, {args.steps} profiled steps per precision; matmul peak "
+    print(f"L={args.layers}, batch {args.batch_size}, {args.steps} profiled steps per precision; matmul peak "
           f"({args.peak_n}^3): fp32 {peaks['fp32']:.1f}, bf16 {peaks['bf16']:.1f} GFLOP/s "
           f"({peaks['bf16'] / peaks['fp32']:.2f}x)")
     print(f"{'d':>4} {'T':>4} {'objective':>11} {'embedder':>9} {'fp32 ms':>8} {'bf16 ms':>8} {'bf16/fp32':>9} "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench_args import comma_list, positive, run
+from bench_args import comma_list, positive, provenance, run
 from bfmscale.sweep.collect import collect
 from bfmscale.sweep.design import Design, expand
 from bfmscale.sweep.executors import make_executor
@@ -80,6 +80,7 @@ def main() -> None:
     configs = expand(design(args.budgets, args.n_models, args.dataset, args.prepared, train))
     executor = make_executor("local", args.workers)
     budgets = ",".join(f"{b:g}" for b in args.budgets)
+    print(provenance())
     print(f"{len(configs)} runs (IsoFLOP, {args.dataset}, budgets {budgets}), {os.cpu_count()} cores, "
           f"{executor.workers} worker(s) x {executor.threads} thread(s), train overrides {train or 'none'}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:

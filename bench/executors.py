@@ -17,7 +17,7 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from bench_args import positive, run  # noqa: E402
+from bench_args import positive, provenance, run  # noqa: E402
 from bfmscale.sweep.design import Design, expand  # noqa: E402
 from bfmscale.sweep.executors import LocalExecutor, RayExecutor  # noqa: E402
 from bfmscale.sweep.runner import run_sweep  # noqa: E402
@@ -45,6 +45,7 @@ def main() -> None:
                ("1 worker x 1 thread", LocalExecutor(workers=1, threads=1)),
                (f"ray local, {cores} CPUs, 1 per run", RayExecutor(num_cpus=cores, cpus_per_run=1))]
     configs = expand(design(args.runs, args.flops, args.prepared))
+    print(provenance())
     print(f"{len(configs)} runs of {args.flops:.3g} FLOPs (ML-100k, d=64, L=2, T=50), {cores} cores")
     print(f"{'layout':<30} {'wall s':>8} {'runs/hour':>10} {'mean run s':>11}")
     for name, ex in layouts:

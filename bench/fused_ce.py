@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench_args import positive, run
+from bench_args import positive, provenance, run
 from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.data.dataset import load_prepared
 from bfmscale.model.bfm import BehaviorModel
@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--prepared", default="data/prepared/ml-1m")
     args = ap.parse_args()
+    print(provenance(), flush=True)
     ds = load_prepared(args.prepared)
     mc, tc = ModelConfig(max_len=200), TrainConfig()
     catalog, seqs = build_catalog(ds, 2048), build_sequences(ds)

@@ -15,7 +15,7 @@ import resource
 import subprocess
 import sys
 
-from bench_args import positive
+from bench_args import positive, provenance
 from sasrec import SASREC
 
 CHILD = """
@@ -31,6 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flops", type=positive(float), default=5e12)
     args = ap.parse_args()
+    print(provenance())
     print(f"SASRec-size ID model, ML-1M, full softmax, T=200, {args.flops:.3g} FLOPs per run")
     print(f"{'tune_malloc':>11} {'tokens/s':>9} {'train s':>8} {'user s':>7} {'sys s':>6} {'sys share':>10}")
     rows = {}

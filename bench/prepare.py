@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_args import provenance
+
 STEP = """
 import resource, sys, time
 from pathlib import Path
@@ -31,7 +33,7 @@ print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrs
 
 
 def main() -> None:
-    print(f"machine: {platform.machine()} {platform.processor()}, python {platform.python_version()}")
+    print(provenance() + f", python {platform.python_version()}")
     print(f"{'dataset':<8} {'step':<8} {'wall s':>7} {'peak MiB':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("ml-100k", "ml-1m"):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import build_catalog
 from bfmscale.train.data import build_sequences
 from bfmscale.train.loop import train_run
-from bench_args import comma_list, positive, run
+from bench_args import comma_list, positive, provenance, run
 from sasrec import SASREC, flops_per_second
 
 QUALITY = SASREC + ["train.warmup_frac=0.01", "data.exclude_seen=true", "train.save_checkpoint=true"]
@@ -49,6 +48,7 @@ def main() -> None:
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     ap.add_argument("--prepared", default="data/prepared")
     args = ap.parse_args()
+    print(provenance(), flush=True)
     setup_logging(logging.INFO)
     ds = load_prepared(f"{args.prepared}/ml-1m")
     rows = []
@@ -66,8 +66,7 @@ def main() -> None:
                          m["test_hr@10"], m["test_ndcg@10"], m["test_mrr"], m["test_ce"], "history excluded"))
             a = metrics_without_exclusion(cfg, ds, Path(tmp) / "model.pt")
             rows.append(("", "", "", "", "", "", "", a["hr@10"], a["ndcg@10"], a["mrr"], a["ce"], "nothing excluded"))
-    print(f"\nmachine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; ML-1M leave-last-out, full ranking over {ds.n_items} items")
+    print(f"\nML-1M leave-last-out, full ranking over {ds.n_items} items")
     print(f"{'embedder':<9} {'params':>9} {'FLOPs':>9} {'epochs':>7} {'prec':>5} {'train s':>8} {'wall s':>7} "
           f"{'HR@10':>7} {'NDCG@10':>8} {'MRR':>7} {'CE':>6}  ranking")
     for r in rows:

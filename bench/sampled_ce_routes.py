@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from bench_args import comma_list, positive, run
+from bench_args import comma_list, positive, provenance, run
 from bfmscale.malloc import tune_malloc
 from bfmscale.train.fused_ce import ROUTES, fused_sampled_cross_entropy, sampled_route
 from train_throughput import sync
@@ -49,8 +49,8 @@ def main() -> None:
     dev = torch.device(args.device)
     tune_malloc()  # as training does (train.tune_malloc): the routes' large chunk tensors reuse freed blocks
     gen = torch.Generator(device=dev).manual_seed(0)
-    name = torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"sampled CE, fwd + bwd: {args.targets} targets, {name}, torch {torch.__version__}; "
+    print(provenance(dev))
+    print(f"sampled CE, fwd + bwd: {args.targets} targets; "
           f"best of {args.rounds} alternating rounds (ms); default = the route fused_sampled_cross_entropy picks")
     print(f"{'I':>7} {'I/(K+1)':>7} {'d':>5} {'K':>5} {'table':>9} {'prec':>5} {'gather':>8} {'matmul':>8} {'bag':>8}  "
           f"{'matmul/bag':>10} {'default':>8}")

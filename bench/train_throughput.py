@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import platform
 import time
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from bench_args import comma_list, positive, run
+from bench_args import comma_list, positive, provenance, run
 from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.data.dataset import load_prepared
 from bfmscale.device import cpu_has_native_bf16, resolve_device, resolve_precision
@@ -204,6 +203,7 @@ def main() -> None:
                          "fastest round")
     args = ap.parse_args()
     device = resolve_device("auto")
+    print(provenance(device), flush=True)
     ds = load_prepared(args.prepared)
     seqs = build_sequences(ds)
     catalog = build_catalog(ds, 2048)
@@ -218,9 +218,7 @@ def main() -> None:
     if args.quick:
         grid = [g for g in grid if g[1] == 2 and g[2] == 200 and g[3] in ("full", "frozen1024") and g[4] == "id"] + \
                [(128, 2, 200, "sampled128", "features")]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"device: {device} ({name}), torch {torch.__version__}, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads, best of {args.rounds} round(s); matmul peak ({n}^3): " +
+    print(f"device: {device}, batch {args.batch_size}, {torch.get_num_threads()} threads, best of {args.rounds} round(s); matmul peak ({n}^3): " +
           ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
     eval_throughput(seqs, catalog, max(d_models), device)
     print(f"{'d':>5} {'L':>2} {'T':>4} {'objective':>11} {'embedder':>9} {'prec':>5} {'tokens/s':>10} {'GFLOP/s':>8} "

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_args import comma_list, positive, run
+from bench_args import comma_list, positive, provenance, run
 from bfmscale.logging_setup import setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,6 +166,7 @@ def main() -> None:
                     help="comma list of wall-clock checkpoints (default 10,25,60)")
     ap.add_argument("--lengths", type=comma_list(int), default=None, help="comma list of max lengths (default 50,200)")
     args = ap.parse_args()
+    print(provenance(), flush=True)
     setup_logging()  # our training runs report progress at INFO, as RecBole's checkpoints do on stderr
     # checkpoints in order: the peer trains on through them
     minutes = sorted(args.minutes or ([2.0, 5.0] if args.quick else [10.0, 25.0, 60.0]))
@@ -177,7 +178,7 @@ def main() -> None:
         ours = run_ours(L, minutes, args.threads)
         rows.append((L, peer, ours))
     print(f"\nML-1M leave-last-out, full ranking excluding history items (RecBole's convention), "
-          f"{args.threads} threads, torch {torch.__version__}")
+          f"{args.threads} threads")
     pop = most_popular(True)
     print(f"most-popular baseline: test NDCG@10 {pop['ndcg@10']:.4f}, HR@10 {pop['hr@10']:.4f}")
     print(f"{'L':>4} {'system':<16} {'targets/s':>10} {'s/epoch':>9} " +

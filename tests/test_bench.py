@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def test_train_throughput_prints_every_configuration(tmp_path, monkeypatch, caps
     train_throughput.main()
     out = capsys.readouterr().out
     assert "failed" not in out
+    assert out.startswith("# ") and "train_throughput.py --prepared" in out.splitlines()[0]  # the provenance lines
     assert re.search(r"^eval: 6 users ranked over 40 items", out, re.M)
     rows = [m.groups() for m in map(ROW.match, out.splitlines()) if m]
     expected = {(l, t, obj, emb) for l in ("2", "4") for t in ("50", "200")
@@ -149,6 +151,36 @@ def test_bench_args_parse_lists_and_name_what_was_expected(bench_modules):
     for parse, text, message in refused:
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
             parse(text)
+
+
+def test_bench_commit_names_the_checkout_and_marks_uncommitted_changes(tmp_path, bench_modules):
+    from bench_args import commit
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.com",
+                               *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    assert commit(tmp_path) == "unknown"  # not a git checkout
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("1")
+    git("add", "a.txt")
+    git("commit", "-q", "-m", "one")
+    head = git("rev-parse", "--short", "HEAD")
+    (tmp_path / "untracked.txt").write_text("x")  # untracked files are not the code that ran
+    assert commit(tmp_path) == head
+    (tmp_path / "a.txt").write_text("2")
+    assert commit(tmp_path) == f"{head} + uncommitted changes"
+
+
+def test_bench_provenance_says_when_where_and_by_which_command(monkeypatch, bench_modules):
+    import bench_args
+
+    monkeypatch.setattr(sys, "argv", ["bench/x.py", "--rounds", "3", "a b"])
+    monkeypatch.setattr(bench_args, "commit", lambda: "abc1234")
+    first, second = bench_args.provenance().splitlines()
+    assert re.fullmatch(r"# \d{4}-\d\d-\d\d \d\d:\d\d UTC, bfmscale at abc1234: \S*python\S* bench/x.py --rounds 3 'a b'",
+                        first), first
+    assert second == "# " + bench_args.describe_machine(torch.device("cpu"))
 
 
 def test_bench_run_ends_a_package_error_in_one_line(tmp_path, monkeypatch, bench_modules):
@@ -275,7 +307,7 @@ def test_bf16_ceiling_prints_a_row_per_configuration(tmp_path, monkeypatch, caps
                                       "50", "--steps", "1", "--batch-size", "2", "--peak-n", "64"])
     bf16_ceiling.main()
     out = capsys.readouterr().out
-    assert re.search(r"^cpu .* matmul peak \(64\^3\): fp32 [\d.]+, bf16 [\d.]+ GFLOP/s", out, re.M)
+    assert re.search(r"^L=2, .* matmul peak \(64\^3\): fp32 [\d.]+, bf16 [\d.]+ GFLOP/s", out, re.M)
     rows = [m.groups() for m in map(CEILING_ROW.match, out.splitlines()) if m]
     assert {(r[0], r[1]) for r in rows} == {(o, e) for o in train_throughput.OBJECTIVES for e in ("id", "features")}
     for r in rows:

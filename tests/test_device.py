@@ -48,3 +48,38 @@ def test_auto_picks_bf16_only_on_a_cpu_with_native_bf16(native, expected):
 def test_cuda_without_a_gpu_is_an_error_naming_the_field():
     with pytest.raises(BfmError, match="train.device"):
         dev.resolve_device("cuda")
+
+
+def _fake_cache(root, *levels: tuple[str, str, str]) -> None:
+    """A sysfs-like cpu0/cache folder: one index per (level, type, size)."""
+    for i, (level, kind, size) in enumerate(levels):
+        (root / f"index{i}").mkdir(parents=True)
+        for name, text in (("level", level), ("type", kind), ("size", size)):
+            (root / f"index{i}" / name).write_text(text + "\n")
+
+
+def test_cache_sizes_read_from_sysfs_skip_the_instruction_cache(tmp_path):
+    _fake_cache(tmp_path, ("1", "Instruction", "64K"), ("1", "Data", "48K"), ("2", "Unified", "2048K"),
+                ("3", "Unified", "491520K"))
+    assert dev.cache_bytes(1, tmp_path) == 48 * 2**10
+    assert dev.cache_bytes(2, tmp_path) == 2 * 2**20
+    assert dev.cache_bytes(3, tmp_path) == 480 * 2**20
+    assert dev.cache_bytes(4, tmp_path) is None
+    assert dev.cache_bytes(2, tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("caps,isa,bf16", [
+    ({"cpu_name": "Intel Xeon", "avx2": True, "avx512_f": True, "avx512_bf16": True, "amx_bf16": True,
+      "num_physical_cores": 2, "l2_cache_size": 2 * 2**20}, "AVX2, AVX512, AVX512-BF16, AMX-BF16", "native bf16"),
+    ({"cpu_name": "AMD EPYC 7B13", "avx2": True, "num_physical_cores": 2}, "AVX2", "no native bf16"),
+    ({}, "no AVX2", "no native bf16")])
+def test_machine_description_names_the_cpu_its_matmul_isa_and_bf16(caps, isa, bf16, tmp_path):
+    """A bench log and a run's record say what the timing ran on: name, ISA tier, bf16 support, cores, caches."""
+    _fake_cache(tmp_path, ("3", "Unified", "32M"))
+    with mock.patch.object(torch.cpu, "get_capabilities", return_value=caps, create=True), \
+            mock.patch.object(dev, "SYSFS_CPU0_CACHE", tmp_path):
+        line = dev.describe_machine(torch.device("cpu"))
+    assert line.startswith(f"cpu: {caps.get('cpu_name', '')}")
+    assert f"({isa}: {bf16};" in line
+    assert ("2 cores" in line) == bool(caps) and ("L2 2 MiB/core" in line) == ("l2_cache_size" in caps)
+    assert "L3 32 MiB" in line and f"torch {torch.__version__}" in line

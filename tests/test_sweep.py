@@ -115,13 +115,14 @@ def test_sweep_runs_skips_done_and_collects(prepared, tmp_path):
     table = collect(configs, store)
     assert list(table["status"]) == ["done"] * 3
     for col in ("train.flops", "test_ndcg@10", "params.embedder", "params.transformer", "tokens", "epochs",
-                "wall_time", "peak_memory_bytes", "valid_hr@10"):
+                "wall_time", "peak_memory_bytes", "valid_hr@10", "machine"):
         assert col in table.columns
     assert (table["flops"] <= table["train.flops"]).all()
     status = store_status(store)
     assert status.loc[0, "runs"] == 3 and status.loc[0, "sweep"] == "tiny"
     for k in store.keys():
         assert "done:" in (store.dir(k) / "run.log").read_text()
+        assert store.status(k)["machine"].startswith("cpu: ")  # what the run's wall time was measured on
 
 
 def test_sweep_hands_the_executor_its_largest_budgets_first(prepared, tmp_path):

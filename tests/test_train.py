@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def test_same_config_and_seed_same_metrics(ds, extra, device):
     a = train_run(cfg(*extra), ds)
     b = train_run(cfg(*extra), ds)
     c = train_run(cfg(*extra, "seed=1"), ds)
-    assert a.info["device"].startswith(device.type)
+    assert a.info["device"].startswith(device.type) and a.info["machine"].startswith(f"{device.type}: ")
     assert a.metrics == b.metrics
     assert a.curve["loss"].tolist() == b.curve["loss"].tolist()
     assert a.curve["loss"].tolist() != c.curve["loss"].tolist()
@@ -196,6 +197,7 @@ def test_cli_run_writes_outputs_and_prints_summary(ds, tmp_path, capsys):
     assert rc == 0
     assert "embedder share" in out and "NDCG@10" in out and "12·L·d²" in out
     assert "MiB (process RSS; training tensors estimated at " in out  # this run is on the CPU
+    assert re.search(r"^machine: cpu: .*threads, torch ", out, re.M)  # what its time was measured on
     for name in ("config.json", "metrics.json", "curve.parquet", "per_user.parquet"):
         assert (tmp_path / "run" / name).is_file()
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import platform
+from pathlib import Path
 
 import torch
 
@@ -40,6 +42,47 @@ def cpu_is_amd() -> bool:
     """True on an AMD CPU, by the name torch's cpuinfo gives it (MKL's fp32 GEMM measured differently there, see
     `table_scores`)."""
     return str(cpu_capabilities().get("cpu_name", "")).upper().startswith("AMD")
+
+
+# torch's CPU flags for the instruction sets that decide the matmul kernels, as vendors name them
+ISA_FLAGS = (("avx2", "AVX2"), ("avx512_f", "AVX512"), ("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX-BF16"))
+SYSFS_CPU0_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+def cache_bytes(level: int, root: Path | None = None) -> int | None:
+    """Size of cpu0's level-`level` data or unified cache from Linux sysfs (or `root`); None where it does not say."""
+    for index in sorted((root or SYSFS_CPU0_CACHE).glob("index*")):
+        try:
+            if int((index / "level").read_text()) != level or (index / "type").read_text().strip() == "Instruction":
+                continue
+            size = (index / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        return int(size[:-1]) * units[size[-1]] if size[-1:] in units else int(size)
+    return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:g} MiB"
+
+
+def describe_machine(device: torch.device) -> str:
+    """One line naming what a timing ran on: the GPU, or the CPU with its matmul ISA, cores and caches; torch."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return (f"cuda: {props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB), "
+                f"torch {torch.__version__}, CUDA {torch.version.cuda}")
+    caps = cpu_capabilities()
+    isa = [label for flag, label in ISA_FLAGS if caps.get(flag)]
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    parts = [f"{caps['num_physical_cores']} cores"] if caps.get("num_physical_cores") else []
+    l2 = caps.get("l2_cache_size") or cache_bytes(2)
+    l3 = cache_bytes(3)
+    parts += ([f"L2 {_mib(l2)}/core"] if l2 else []) + ([f"L3 {_mib(l3)}"] if l3 else [])
+    name = caps.get("cpu_name") or platform.processor() or platform.machine()
+    return (f"cpu: {name} ({', '.join(isa) or 'no AVX2'}: {bf16}; {', '.join(parts) or 'cores and caches unknown'}), "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__}")
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:

@@ -11,7 +11,7 @@ from bfmscale.sweep.store import RunStore, run_key
 
 INFO_COLUMNS = ("flops", "flops_budget", "tokens", "steps", "epochs", "train_time", "eval_time", "wall_time",
                 "tokens_per_s", "flops_per_s", "peak_memory_bytes", "memory_estimate_bytes", "embedder_share",
-                "params_seed002", "device", "precision", "threads")
+                "params_seed002", "device", "machine", "precision", "threads")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -17,7 +17,7 @@ import torch
 
 from bfmscale.config import RunConfig, TrainConfig
 from bfmscale.data.dataset import PreparedDataset, load_prepared
-from bfmscale.device import resolve_device, resolve_precision
+from bfmscale.device import describe_machine, resolve_device, resolve_precision
 from bfmscale.errors import BfmError
 from bfmscale.eval.ranking import evaluate, evaluate_splits
 from bfmscale.malloc import release_free_memory, tune_malloc
@@ -289,7 +289,8 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
         "epochs": total_tokens / epoch_tokens, "epochs_started": epochs,
         "train_time": train_time, "eval_time": eval_time, "wall_time": time.perf_counter() - t_start,
         "tokens_per_s": total_tokens / train_time, "flops_per_s": total_flops / train_time,
-        "device": str(device), "precision": "bf16" if amp else "fp32", "threads": torch.get_num_threads(),
+        "device": str(device), "machine": describe_machine(device), "precision": "bf16" if amp else "fp32",
+        "threads": torch.get_num_threads(),
         "peak_memory_bytes": peak_memory_bytes(device),
         "memory_estimate_bytes": memory_estimate_bytes(sum(p.numel() for p in model.parameters()), biggest.shape, cfg,
                                                        catalog.n_items, 2 if amp else 4, device),
