@@ -176,8 +176,13 @@ def bench_precisions(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device
 
 
 def eval_throughput(seqs, catalog, d: int, device: torch.device) -> None:
-    """Print users/s of full-catalog test ranking with one fixed configuration: ID embedder, L=2, T=200, fp32."""
+    """Print users/s of full-catalog test ranking with one fixed configuration: ID embedder, L=2, T=200, fp32;
+    timed after one warm-up batch."""
     model = BehaviorModel(grid_model(d, 2, 200), catalog, len(seqs.feature_names)).to(device)  # eval: no dropout
+    # warm-up pass over the longest histories (first calls, allocator): on the Xeon of 2026-11-28 a cold pass ran
+    # 433 users/s, the next three 544-582
+    longest = np.argsort(seqs.lengths, kind="stable")[-512:]
+    evaluate(model, seqs, "test", model.cfg.max_len, device, batch_size=512, users=longest)
     t0 = time.perf_counter()
     res = evaluate(model, seqs, "test", model.cfg.max_len, device, batch_size=512)
     el = time.perf_counter() - t0
