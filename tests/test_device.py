@@ -83,3 +83,11 @@ def test_machine_description_names_the_cpu_its_matmul_isa_and_bf16(caps, isa, bf
     assert f"({isa}: {bf16};" in line
     assert ("2 cores" in line) == bool(caps) and ("L2 2 MiB/core" in line) == ("l2_cache_size" in caps)
     assert "L3 32 MiB" in line and f"torch {torch.__version__}" in line
+
+
+def test_machine_description_of_a_gpu_names_it_with_its_capability_and_memory():
+    props = mock.Mock(major=9, minor=0, total_memory=139 * 2**30)
+    props.name = "NVIDIA H200"
+    with mock.patch.object(torch.cuda, "get_device_properties", return_value=props):
+        line = dev.describe_machine(torch.device("cuda"))
+    assert line.startswith("cuda: NVIDIA H200 (sm_90, 139 GiB), torch ")
