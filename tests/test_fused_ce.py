@@ -244,6 +244,29 @@ def test_default_chunks_follow_the_device(monkeypatch):
     assert fused_ce.chunk_rows(2 * fused_ce.GPU_CHUNK_BYTES, gpu) == 1
 
 
+def test_chunks_that_score_the_whole_table_keep_a_minimum_of_rows(monkeypatch):
+    """Past 65,536 items a CPU chunk of CHUNK_BYTES would hold under 64 rows, each re-reading the whole table for
+    its products: the catalog CE and the sampled CE's dense routes keep TABLE_MIN_ROWS; the gather route, whose
+    chunks read only their own candidates, and the memory estimate follow the same rule."""
+    cpu = torch.device("cpu")
+    big = 4 * 1_000_000  # fp32 logits of a million-item catalog: 4 rows per 16 MiB
+    assert fused_ce.chunk_rows(big, cpu) == fused_ce.CHUNK_BYTES // big == 4
+    assert fused_ce.chunk_rows(big, cpu, whole_table=True) == fused_ce.TABLE_MIN_ROWS
+    assert fused_ce.chunk_rows(4 * 3706, cpu, whole_table=True) == fused_ce.CHUNK_BYTES // (4 * 3706)  # ML-1M: as before
+    assert fused_ce.working_bytes(10_000, big, cpu, whole_table=True) == 3 * fused_ce.TABLE_MIN_ROWS * big
+    chunks = []
+    for fn in (fused_ce._FusedLinearCE, fused_ce._FusedSampledCE):
+        real = fn.apply
+        monkeypatch.setattr(fn, "apply", lambda *a, real=real: chunks.append(a[-1]) or real(*a))
+    n_items = 70_000  # CHUNK_BYTES // (4 * 70,000) = 59 rows
+    h, table = torch.randn(100, 8), torch.randn(n_items + 1, 8)
+    neg = torch.randint(1, n_items + 1, (100, 3))
+    fused_linear_cross_entropy(h, table[1:], torch.arange(100))
+    fused_sampled_cross_entropy(h, table, torch.arange(1, 101), neg, None, "matmul")
+    fused_sampled_cross_entropy(h, table, torch.arange(1, 101), neg, None, "gather")
+    assert chunks == [fused_ce.TABLE_MIN_ROWS, fused_ce.TABLE_MIN_ROWS, fused_ce.CHUNK_BYTES // (4 * 8 * 4)]
+
+
 @pytest.mark.parametrize("embedder", ["id", "features"])
 def test_sampled_objective_through_the_table_equals_per_candidate_vectors(tmp_path, embedder, monkeypatch):
     """The training objective's sampled loss read from the item table (ID always; features by the catalog route)

@@ -116,23 +116,32 @@ class _FusedLinearCE(torch.autograd.Function):
 # better than 256 MiB; bench/logs/2026-11-26-h200-ab-ce-chunk-and-sampled-route.log).
 CHUNK_BYTES = 16 * 2**20
 GPU_CHUNK_BYTES = 256 * 2**20
+# Rows a chunk that scores the whole table keeps at least, past the chunk bytes: each such chunk re-reads the table
+# for its [chunk, d] x [d, I] products, so a few rows per chunk make them memory-bound. Catalog CE, fp32, d=64, 3,200
+# targets, Xeon (AMX): I = 1M items 4 rows 67.8 s, 64 rows 11.8 s (5.7x); I = 200k 20 rows 3.31 s, 64 rows 2.11 s;
+# 32 or 128 rows no better than 64 (bench/logs/2026-11-28-xeon-amx-catalog-ce-large-catalogs.log). Binds only past
+# 65,536 items on the CPU (a million on a GPU).
+TABLE_MIN_ROWS = 64
 
 
-def chunk_rows(row_bytes: int, device: torch.device) -> int:
-    """Rows per chunk on `device` when one row of the chunk's widest tensor takes `row_bytes`."""
-    return max(1, (CHUNK_BYTES if device.type == "cpu" else GPU_CHUNK_BYTES) // row_bytes)
+def chunk_rows(row_bytes: int, device: torch.device, whole_table: bool = False) -> int:
+    """Rows per chunk on `device` when one row of the chunk's widest tensor takes `row_bytes`; at least
+    TABLE_MIN_ROWS when each chunk scores the `whole_table`."""
+    rows = (CHUNK_BYTES if device.type == "cpu" else GPU_CHUNK_BYTES) // row_bytes
+    return max(TABLE_MIN_ROWS if whole_table else 1, rows)
 
 
-def working_bytes(n_rows: int, row_bytes: int, device: torch.device) -> int:
+def working_bytes(n_rows: int, row_bytes: int, device: torch.device, whole_table: bool = False) -> int:
     """Peak bytes of a fused CE's per-chunk tensors for n_rows targets: about three of [chunk, row_bytes]."""
-    return 3 * min(n_rows, chunk_rows(row_bytes, device)) * row_bytes
+    return 3 * min(n_rows, chunk_rows(row_bytes, device, whole_table)) * row_bytes
 
 
 def fused_linear_cross_entropy(h: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor,
                                chunk: int | None = None) -> torch.Tensor:
     """Mean CE of logits h @ catalog.T against 0-based `targets`, without materializing all logits.
-    `chunk` rows at a time (default: as many as fit the device's chunk bytes of fp32 logits)."""
-    chunk = chunk or chunk_rows(4 * catalog.shape[0], h.device)
+    `chunk` rows at a time (default: as many as fit the device's chunk bytes of fp32 logits, at least
+    TABLE_MIN_ROWS)."""
+    chunk = chunk or chunk_rows(4 * catalog.shape[0], h.device, whole_table=True)
     return _FusedLinearCE.apply(h, catalog, targets, chunk)
 
 
@@ -260,5 +269,5 @@ def fused_sampled_cross_entropy(h: torch.Tensor, table: torch.Tensor, pos_codes:
     if route not in ROUTES:
         raise ValueError(f"route {route!r}: expected one of {', '.join(ROUTES)}")
     row_bytes = sampled_row_bytes(n_items, k1, table.shape[1], elem_bytes, route != "gather")
-    chunk = chunk or chunk_rows(row_bytes, h.device)
+    chunk = chunk or chunk_rows(row_bytes, h.device, whole_table=route != "gather")
     return _FusedSampledCE.apply(h, table, pos_codes, neg_codes, log_q, route, chunk)

@@ -156,13 +156,13 @@ def memory_estimate_bytes(n_params: int, shape: StepShape, cfg: RunConfig, n_ite
         acts += 2 * (m.n_layers + 1) * rows * shape.seq_len**2  # explicit bf16 attention: each layer's saved
         # probabilities, and one layer's scores while they are made
     if tc.objective == "full":
-        logits = fused_ce.working_bytes(shape.targets, 4 * n_items, device)
+        logits = fused_ce.working_bytes(shape.targets, 4 * n_items, device, whole_table=True)
     elif tc.objective == "sampled":
         k1 = tc.n_negatives + 1
         dense = fused_ce.dense_route(n_items, k1, device, bytes_per == 2, table_grad=not tc.freeze_embedder,
                                      d=m.d_model)
         row = fused_ce.sampled_row_bytes(n_items, k1, m.d_model, bytes_per, dense)
-        logits = fused_ce.working_bytes(shape.targets, row, device)
+        logits = fused_ce.working_bytes(shape.targets, row, device, whole_table=dense)
     else:
         logits = 3 * 4 * shape.targets * shape.unique_targets
     return 16 * n_params + acts + logits
