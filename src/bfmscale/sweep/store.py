@@ -119,8 +119,8 @@ class RunStore:
         write_result(self.dir(key), result)
         st = self.status(key) or {}
         self._write_status(key, "done", started=st.get("started"), finished=time.time(), sweep=st.get("sweep", ""),
-                           device=result.info.get("device"), machine=result.info.get("machine"), wall_time=result.info.get("wall_time"),
-                           flops=result.info.get("flops"))
+                           device=result.info.get("device"), machine=result.info.get("machine"),
+                           wall_time=result.info.get("wall_time"), flops=result.info.get("flops"))
 
     def fail(self, key: str, exc: BaseException) -> None:
         """Record the error and its traceback; the sweep goes on."""

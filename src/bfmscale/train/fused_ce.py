@@ -117,10 +117,10 @@ class _FusedLinearCE(torch.autograd.Function):
 CHUNK_BYTES = 16 * 2**20
 GPU_CHUNK_BYTES = 256 * 2**20
 # Rows a chunk that scores the whole table keeps at least, past the chunk bytes: each such chunk re-reads the table
-# for its [chunk, d] x [d, I] products, so a few rows per chunk make them memory-bound. Catalog CE, fp32, d=64, 3,200
-# targets, Xeon (AMX): I = 1M items 4 rows 67.8 s, 64 rows 11.8 s (5.7x); I = 200k 20 rows 3.31 s, 64 rows 2.11 s;
-# 32 or 128 rows no better than 64 (bench/logs/2026-11-28-xeon-amx-catalog-ce-large-catalogs.log). Binds only past
-# 65,536 items on the CPU (a million on a GPU).
+# for its [chunk, d] x [d, I] products, so a few rows per chunk make them memory-bound. Catalog CE forward + backward,
+# d=64, 3,200 targets, Xeon (AMX): I = 1M items, 4 rows 64.5 s, 64 rows 12.4 s in fp32 (5.2x), 9.2x in bf16;
+# I = 200k 1.6-2.2x; 32 or 128 rows no better than 64 (bench/logs/2026-11-28-xeon-amx-catalog-ce-large-catalogs.log).
+# Binds only past 65,536 items on the CPU (a million on a GPU).
 TABLE_MIN_ROWS = 64
 
 
