@@ -200,3 +200,21 @@ def test_inbatch_objective_sees_one_splits_rows_per_call(shared_setup):
     assert all(len(k) <= 6 and len({int(i) in valid_idx for i in k}) == 1 for k in calls)
     assert sum(len(k) for k in calls) == 2 * seqs.n_users
     assert np.isfinite(res["valid"].per_user["objective"]).all()
+
+
+def test_batches_on_a_large_catalog_hold_under_the_score_bytes(setup, monkeypatch):
+    """Users per batch shrink so a batch's [rows, I] scores stay under EVAL_SCORE_BYTES (forced small here: 6 query
+    rows over 40 items, i.e. 3 users of a shared valid-and-test pass or 6 of a one-split pass); results unchanged."""
+    from bfmscale.eval import ranking
+
+    model, seqs = setup
+    ref = evaluate_splits(model, seqs, ("valid", "test"), 8, torch.device("cpu"))
+    rows = []  # query rows of each batch: the positions handed to the final block
+    real = model.context
+    monkeypatch.setattr(model, "context", lambda *a: rows.append(a[2].numel()) or real(*a))
+    monkeypatch.setattr(ranking, "EVAL_SCORE_BYTES", 6 * 4 * 40)
+    small = evaluate_splits(model, seqs, ("valid", "test"), 8, torch.device("cpu"))
+    assert max(rows) == 6 and sum(rows) == 2 * seqs.n_users  # each user: one validation and one test query
+    for split in ("valid", "test"):
+        assert (small[split].per_user["rank"].to_numpy() == ref[split].per_user["rank"].to_numpy()).all()
+        assert small[split].metrics["ndcg@10"] == pytest.approx(ref[split].metrics["ndcg@10"])

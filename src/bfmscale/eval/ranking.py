@@ -19,6 +19,12 @@ from bfmscale.train.data import Sequences, Windows, eval_windows, gather
 from bfmscale.train.fused_ce import table_scores
 
 KS = (1, 5, 10, 20, 50)
+# Bytes of one batch's [rows, I] fp32 scores that evaluation aims under: it caps the users per batch on large
+# catalogs, where each score tensor has temporaries of its size (the CE's exp, the ranking's compares). Ranking 1,024
+# queries over 1M items (d=64, Xeon): 512 rows per batch 6.7 GiB peak RSS and 62-66 rows/s, 64 rows 1.3 GiB and 78-83
+# rows/s (bench/logs/2026-11-28-xeon-amx-eval-large-catalog-batch.log). Binds past 131,072 items at 256 users
+# with two queries each; ML-1M and ML-20M batches are unchanged.
+EVAL_SCORE_BYTES = 256 * 2**20
 
 
 def pessimistic_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -101,8 +107,8 @@ def evaluate_splits(model: BehaviorModel, seqs: Sequences, splits: tuple[str, ..
                     autocast_dtype: torch.dtype | None = None) -> dict[str, EvalResult]:
     """Rank every item for each user's target in each of `splits` ('valid', 'test'); `objective` gives the
     training objective's own per-row loss (`RowLoss`). Passes are shared where exact (`query_groups`) and batched by
-    window length (at T=200 on ML-1M, 54% of the positions of batches in user order are real, 97% sorted); each
-    split's rows come back in `users` order."""
+    window length (at T=200 on ML-1M, 54% of the positions of batches in user order are real, 97% sorted), at most
+    `batch_size` users and about EVAL_SCORE_BYTES of scores per batch; each split's rows come back in `users` order."""
     was_training = model.training
     model.eval()
     users = np.arange(seqs.n_users) if users is None else np.asarray(users)
@@ -111,8 +117,9 @@ def evaluate_splits(model: BehaviorModel, seqs: Sequences, splits: tuple[str, ..
     rows = []
     for g in query_groups(seqs, max_len, splits, users):
         by_length = np.argsort(g.windows.lengths, kind="stable")
-        for c in range(0, len(g.users), batch_size):
-            b = by_length[c : c + batch_size]
+        users_per_batch = min(batch_size, max(1, EVAL_SCORE_BYTES // (4 * catalog.shape[0] * g.pos.shape[1])))
+        for c in range(0, len(g.users), users_per_batch):
+            b = by_length[c : c + users_per_batch]
             u, win, pos = g.users[b], g.windows.subset(b), g.pos[b]
             items, feats = gather(seqs, win)
             items = items.to(device)
