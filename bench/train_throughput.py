@@ -223,7 +223,7 @@ def main() -> None:
     if args.quick:
         grid = [g for g in grid if g[1] == 2 and g[2] == 200 and g[3] in ("full", "frozen1024") and g[4] == "id"] + \
                [(128, 2, 200, "sampled128", "features")]
-    print(f"device: {device}, batch {args.batch_size}, {torch.get_num_threads()} threads, best of {args.rounds} round(s); matmul peak ({n}^3): " +
+    print(f"device: {device}, batch {args.batch_size}, best of {args.rounds} round(s); matmul peak ({n}^3): " +
           ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
     eval_throughput(seqs, catalog, max(d_models), device)
     print(f"{'d':>5} {'L':>2} {'T':>4} {'objective':>11} {'embedder':>9} {'prec':>5} {'tokens/s':>10} {'GFLOP/s':>8} "

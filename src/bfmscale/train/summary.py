@@ -16,7 +16,7 @@ def format_summary(res: RunResult) -> str:
         f"{i['tokens']:,} tokens ({i['epochs']:.2f} epochs)",
         f"time: {i['train_time']:.1f} s train + {i['eval_time']:.1f} s eval on {i['device']} ({i['precision']}, "
         f"{i['threads']} threads): {i['tokens_per_s']:,.0f} tokens/s, {i['flops_per_s'] / 1e9:.1f} GFLOP/s",
-        f"machine: {i.get('machine', 'not recorded')}",
+        f"machine: {i['machine']}",
         f"memory: peak {i['peak_memory_bytes'] / 2**20:,.0f} MiB "
         f"({'tensors allocated' if i['device'].startswith('cuda') else 'process RSS'}; training tensors estimated at "
         f"{i['memory_estimate_bytes'] / 2**20:,.0f} MiB)",
