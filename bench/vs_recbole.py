@@ -4,10 +4,12 @@ ML-1M leave-last-out (the files `bfmscale fetch` put in data/raw/ml-1m), d=64, 2
 dropout 0.2, full-softmax CE, Adam 1e-3, max length 50 and 200, the same torch threads, the same wall-clock
 checkpoints. RecBole runs in a throwaway virtualenv (bench/.peer/, git-ignored) made by this script: recbole is
 installed with --no-deps beside torch==2.13.0 (its pins would pull ray<=2.6.3), and driven through Config /
-create_dataset / data_preparation / SASRec directly (recbole.quick_start imports ray). RecBole trains continuously
-and is evaluated at each checkpoint (evaluation time is not counted, nor is its data loader: its clock runs over
-forward, backward and optimizer step only, while ours also counts building each batch); ours trains one full
-schedule per checkpoint (a model whose FLOP budget fits that wall time). RecBole's full-sort evaluation drops
+create_dataset / data_preparation / SASRec directly (recbole.quick_start imports ray). Ours trains first, one full
+schedule per checkpoint (a model whose FLOP budget fits that wall time at the rate a short probe measured; a box
+whose speed drifts makes it over- or undershoot); RecBole then trains continuously and is evaluated when its clock
+reaches the seconds ours actually trained for each checkpoint, so the two are compared at equal training time.
+Evaluation time is not counted, nor is RecBole's data loader: its clock runs over forward, backward and optimizer
+step only, while ours also counts building each batch. RecBole's full-sort evaluation drops
 history items from the ranking, so our figures here use `data.exclude_seen=true` too. Precision is each side's
 default: RecBole's `enable_amp` is off (fp32); ours is `auto` (bf16 autocast where the CPU has native bf16, fp32
 where it has not). Prints training targets/s,
@@ -138,6 +140,12 @@ def run_ours(max_len: int, minutes: list[float], threads: int) -> dict:
             "epoch_s": float(np.mean([c["train_s"] / c["epochs"] for c in out]))}
 
 
+def equal_time_marks(checkpoints: list[dict]) -> list[float]:
+    """The minutes at which the peer is evaluated: the training time ours actually took at each checkpoint."""
+    # the peer trains on through its marks in order; a longer budget cannot train shorter unless the box stalls
+    return [float(m) for m in np.maximum.accumulate([c["train_s"] / 60 for c in checkpoints])]
+
+
 def most_popular(exclude_seen: bool) -> dict[str, float]:
     """Rank items by training popularity for every user; test HR@10 / NDCG@10 with our evaluation."""
     from bfmscale.config import ModelConfig
@@ -174,8 +182,8 @@ def main() -> None:
     raw = ROOT / "data" / "raw"
     rows = []
     for L in lengths:
-        peer = run_peer(raw, L, minutes, args.threads)
         ours = run_ours(L, minutes, args.threads)
+        peer = run_peer(raw, L, equal_time_marks(ours["checkpoints"]), args.threads)
         rows.append((L, peer, ours))
     print(f"\nML-1M leave-last-out, full ranking excluding history items (RecBole's convention), "
           f"{args.threads} threads")
@@ -192,7 +200,7 @@ def main() -> None:
         print(f"{L:>4} {'ratio ours/peer':<16} {ours['targets_per_s'] / peer['samples_per_s']:>10.1f}x " +
               " ".join(f"{o['ndcg@10'] / max(p['ndcg@10'], 1e-9):>12.1f}x {'':>6}"
                        for o, p in zip(ours["checkpoints"], peer["checkpoints"])))
-        print(f"{L:>4} {'train s, peer/ours':<27} " +  # ours' budget is sized from a probe, so it can overrun a bit
+        print(f"{L:>4} {'train s, peer/ours':<27} " +  # equal up to the peer's last batch
               " ".join(f"{p['train_s']:>6,.0f}/{o['train_s']:<6,.0f}"
                        for o, p in zip(ours["checkpoints"], peer["checkpoints"])))
 

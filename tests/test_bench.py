@@ -212,6 +212,31 @@ def test_vs_recbole_peer_script_parses(bench_modules):
     compile(vs_recbole.PEER_SCRIPT, "<peer>", "exec")  # a SyntaxError here would only show after the peer's install
 
 
+
+def test_vs_recbole_evaluates_the_peer_at_the_time_ours_actually_trained(monkeypatch, capsys, bench_modules):
+    import vs_recbole
+
+    calls = []
+
+    def fake_ours(max_len, minutes, threads):  # budgets sized from a probe: here both overrun their checkpoint
+        return {"checkpoints": [{"minutes": m, "ndcg@10": 0.1, "hr@10": 0.2, "train_s": 66.0 * m} for m in minutes],
+                "targets_per_s": 1000.0, "epoch_s": 10.0}
+
+    def fake_peer(raw, max_len, marks, threads):
+        calls.append((max_len, marks))
+        return {"checkpoints": [{"minutes": m, "ndcg@10": 0.05, "hr@10": 0.1, "train_s": 60.0 * m} for m in marks],
+                "samples_per_s": 10.0, "epoch_s": 100.0, "epoch_samples": 1000}
+
+    monkeypatch.setattr(vs_recbole, "run_ours", fake_ours)
+    monkeypatch.setattr(vs_recbole, "run_peer", fake_peer)
+    monkeypatch.setattr(vs_recbole, "most_popular", lambda exclude_seen: {"ndcg@10": 0.01, "hr@10": 0.02})
+    monkeypatch.setattr(sys, "argv", ["vs_recbole.py", "--minutes", "5,2", "--lengths", "50"])
+    vs_recbole.main()
+    assert calls == [(50, [2.2, 5.5])]  # ours' 132 s and 330 s, in minutes, in order
+    times = [line for line in capsys.readouterr().out.splitlines() if "train s, peer/ours" in line]
+    assert times and times[0].split()[-2:] == ["132/132", "330/330"]
+    assert vs_recbole.equal_time_marks([{"train_s": 120.0}, {"train_s": 90.0}]) == [2.0, 2.0]  # never back in time
+
 def test_envelope_times_an_isoflop_sweep_and_sizes_the_envelope(tmp_path, monkeypatch, capsys, bench_modules):
     import envelope
 
