@@ -212,7 +212,6 @@ def test_vs_recbole_peer_script_parses(bench_modules):
     compile(vs_recbole.PEER_SCRIPT, "<peer>", "exec")  # a SyntaxError here would only show after the peer's install
 
 
-
 def test_vs_recbole_evaluates_the_peer_at_the_time_ours_actually_trained(monkeypatch, capsys, bench_modules):
     import vs_recbole
 
@@ -236,6 +235,7 @@ def test_vs_recbole_evaluates_the_peer_at_the_time_ours_actually_trained(monkeyp
     times = [line for line in capsys.readouterr().out.splitlines() if "train s, peer/ours" in line]
     assert times and times[0].split()[-2:] == ["132/132", "330/330"]
     assert vs_recbole.equal_time_marks([{"train_s": 120.0}, {"train_s": 90.0}]) == [2.0, 2.0]  # never back in time
+
 
 def test_envelope_times_an_isoflop_sweep_and_sizes_the_envelope(tmp_path, monkeypatch, capsys, bench_modules):
     import envelope
