@@ -54,10 +54,10 @@ SCORE_BLOCK_MIN_ROWS = 256
 def table_scores(h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """h @ table.T. On an AMD CPU in fp32 for at least SCORE_BLOCK_MIN_ROWS rows of h, in products of SCORE_BLOCK
     table rows each: there one sgemm over the wide [rows, I] output with a short inner dimension (d) ran 1.05-1.9x
-    slower than the blocked products (AMD EPYC, 256-1,131 rows x 3,707 items, d=64-1024). Elsewhere one product: on
-    an Intel Xeon the blocks ran 0.6-0.9x of it (AVX-512 or AVX2 code paths alike). In bf16 blocks gained nothing
-    consistent on the AMD (0.7-1.2x) and lost on the Xeon (0.1-0.9x); at 64 rows they lose; a table of at most two
-    blocks is one product anyway."""
+    slower than the blocked products (AMD EPYC, 256-1,131 rows x 3,707 items, d=64-1024; 1.2-2.2x on an AVX2-only
+    EPYC). Elsewhere one product: on an Intel Xeon the blocks ran 0.6-0.9x of it (AVX-512 or AVX2 code paths
+    alike). In bf16 blocks gained nothing consistent on the AMD (0.7-1.2x) and lost on the Xeon (0.1-0.9x); at 64
+    rows they lose; a table of at most two blocks is one product anyway."""
     n, i = h.shape[0], table.shape[0]
     if (h.device.type != "cpu" or h.dtype != torch.float32 or n < SCORE_BLOCK_MIN_ROWS or i <= 2 * SCORE_BLOCK
             or not cpu_is_amd()):
