@@ -237,7 +237,8 @@ def test_ready_for_training_tunes_malloc_as_configured(monkeypatch, tune):
 def test_memory_estimate_holds_the_fused_ce_chunks_not_all_logits():
     """The estimate's logits term is what the fused CEs hold at once: [N, I] fp32 (three of them) while N fits
     one chunk, then one chunk's worth however many targets; a GPU's chunks are larger; sampled K=1023 over 4,000
-    items takes the dense route (fp32 [I+1] rows), K=63 the gather route ([K+1, d] rows)."""
+    items takes the dense route (fp32 [I+1] rows), K=63 the gather route ([K+1, d] rows), each plus the step's
+    [N, K] int64 negative codes."""
     from bfmscale.model.accounting import StepShape
     from bfmscale.train import fused_ce
     from bfmscale.train.loop import memory_estimate_bytes
@@ -252,8 +253,9 @@ def test_memory_estimate_holds_the_fused_ce_chunks_not_all_logits():
     fit = fused_ce.CHUNK_BYTES // (4 * n_items)
     assert logits(fit, cpu) == 3 * 4 * fit * n_items
     assert logits(10 * fit, cpu) == logits(100 * fit, cpu) == logits(fit, cpu) < logits(100 * fit, gpu)
-    assert logits(100, cpu, "train.objective=sampled", "train.n_negatives=1023") == 3 * 100 * 4 * (n_items + 1)
-    assert logits(100, cpu, "train.objective=sampled", "train.n_negatives=63") == 3 * 100 * 4 * 16 * 64  # d=16
+    dense, gathered = 3 * 100 * 4 * (n_items + 1), 3 * 100 * 4 * 16 * 64  # d=16
+    assert logits(100, cpu, "train.objective=sampled", "train.n_negatives=1023") == dense + 100 * 8 * 1023
+    assert logits(100, cpu, "train.objective=sampled", "train.n_negatives=63") == gathered + 100 * 8 * 63
 
 
 def test_memory_estimate_counts_explicit_attention_probabilities(monkeypatch):

@@ -147,7 +147,8 @@ def memory_estimate_bytes(n_params: int, shape: StepShape, cfg: RunConfig, n_ite
                           device: torch.device) -> int:
     """Rough analytic peak: fp32 weights, grads and two Adam moments, plus saved activations (with the [T, T]
     attention probabilities where CPU bf16 attention is explicit) and the objective's logits (the fused CEs'
-    per-chunk tensors, chunked as on `device`; in-batch: all [N, M] logits)."""
+    per-chunk tensors, chunked as on `device`; in-batch: all [N, M] logits) and, when sampled, the step's [N, K]
+    int64 negative codes."""
     m, tc = cfg.model, cfg.train
     acts = bytes_per * m.n_layers * shape.batch * shape.seq_len * (16 * m.d_model + 2 * m.d_ff)
     acts += bytes_per * m.n_layers * shape.batch * m.n_heads * shape.seq_len  # SDPA log-sum-exp
@@ -163,6 +164,7 @@ def memory_estimate_bytes(n_params: int, shape: StepShape, cfg: RunConfig, n_ite
                                      d=m.d_model)
         row = fused_ce.sampled_row_bytes(n_items, k1, m.d_model, bytes_per, dense)
         logits = fused_ce.working_bytes(shape.targets, row, device, whole_table=dense)
+        logits += 8 * shape.targets * tc.n_negatives  # the codes, drawn for the whole step (K=1024, N=14k: 115 MB)
     else:
         logits = 3 * 4 * shape.targets * shape.unique_targets
     return 16 * n_params + acts + logits
