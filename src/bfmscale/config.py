@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field, fields
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from bfmscale.errors import BfmError
 
 
-def _fail(name: str, value: Any, expected: str) -> None:
+def fail(name: str, value: Any, expected: str) -> None:
+    """Raise the one-line error for a bad setting: its name, its value, what was expected."""
     raise BfmError(f"{name} is {value!r}; expected {expected}")
 
 
-def _check(cond: bool, name: str, value: Any, expected: str) -> None:
+def check(cond: bool, name: str, value: Any, expected: str) -> None:
+    """`fail` unless `cond`."""
     if not cond:
-        _fail(name, value, expected)
+        fail(name, value, expected)
 
 
 @dataclass(frozen=True)
@@ -45,18 +48,18 @@ class ModelConfig:
     use_event_features: bool = True  # add a projection of the event's own features (rating) to history events
 
     def __post_init__(self) -> None:
-        _check(self.embedder in ("id", "features"), "model.embedder", self.embedder, "'id' or 'features'")
+        check(self.embedder in ("id", "features"), "model.embedder", self.embedder, "'id' or 'features'")
         for name in ("d_model", "n_layers", "n_heads", "d_ff", "max_len", "id_dim", "d_feature", "text_buckets",
                      "mlp_hidden", "mlp_layers"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and value >= 1, f"model.{name}", value, "an integer >= 1")
-        _check(self.d_model % self.n_heads == 0, "model.d_model", self.d_model,
+            check(isinstance(value, int) and value >= 1, f"model.{name}", value, "an integer >= 1")
+        check(self.d_model % self.n_heads == 0, "model.d_model", self.d_model,
                f"a multiple of model.n_heads={self.n_heads}")
-        _check(isinstance(self.id_buckets, int) and self.id_buckets >= -1, "model.id_buckets", self.id_buckets,
+        check(isinstance(self.id_buckets, int) and self.id_buckets >= -1, "model.id_buckets", self.id_buckets,
                "-1 (exact), 0 (none) or a positive bucket count")
         for name in ("dropout", "dropout_min"):
-            _check(0.0 <= getattr(self, name) < 1.0, f"model.{name}", getattr(self, name), "a number in [0, 1)")
-        _check(self.temperature > 0, "model.temperature", self.temperature, "a positive number")
+            check(0.0 <= getattr(self, name) < 1.0, f"model.{name}", getattr(self, name), "a number in [0, 1)")
+        check(self.temperature > 0, "model.temperature", self.temperature, "a positive number")
 
     @property
     def head_dim(self) -> int:
@@ -100,25 +103,31 @@ class TrainConfig:
     log_every_frac: float = 0.1
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.flops, (int, float)) and self.flops > 0, "train.flops", self.flops, "a positive number")
-        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, "train.batch_size", self.batch_size,
+        check(isinstance(self.flops, (int, float)) and self.flops > 0, "train.flops", self.flops, "a positive number")
+        check(isinstance(self.batch_size, int) and self.batch_size >= 1, "train.batch_size", self.batch_size,
                "an integer >= 1")
-        _check(self.lr > 0, "train.lr", self.lr, "a positive number")
-        _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
-        _check(0 <= self.warmup_frac < 1, "train.warmup_frac", self.warmup_frac, "a number in [0, 1)")
-        _check(self.objective in OBJECTIVES, "train.objective", self.objective, f"one of {', '.join(OBJECTIVES)}")
-        _check(isinstance(self.n_negatives, int) and self.n_negatives >= 1, "train.n_negatives", self.n_negatives,
+        check(self.lr > 0, "train.lr", self.lr, "a positive number")
+        check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
+        check(0 <= self.warmup_frac < 1, "train.warmup_frac", self.warmup_frac, "a number in [0, 1)")
+        check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a number >= 0")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas", list(self.betas),
+               "two numbers in [0, 1)")
+        check(self.objective in OBJECTIVES, "train.objective", self.objective, f"one of {', '.join(OBJECTIVES)}")
+        check(isinstance(self.n_negatives, int) and self.n_negatives >= 1, "train.n_negatives", self.n_negatives,
                "an integer >= 1")
-        _check(self.sampler in ("uniform", "popularity"), "train.sampler", self.sampler, "'uniform' or 'popularity'")
-        _check(self.precision in ("auto", "fp32", "bf16"), "train.precision", self.precision, "auto, fp32 or bf16")
-        _check(self.device in ("auto", "cpu", "cuda"), "train.device", self.device, "auto, cpu or cuda")
-        _check(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1), "train.threads",
+        check(self.sampler in ("uniform", "popularity"), "train.sampler", self.sampler, "'uniform' or 'popularity'")
+        check(self.sampler_alpha >= 0, "train.sampler_alpha", self.sampler_alpha, "a number >= 0")
+        check(self.precision in ("auto", "fp32", "bf16"), "train.precision", self.precision, "auto, fp32 or bf16")
+        check(self.device in ("auto", "cpu", "cuda"), "train.device", self.device, "auto, cpu or cuda")
+        check(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1), "train.threads",
                self.threads, "null or an integer >= 1")
-        _check(self.sgd_switch_frac is None or 0 < self.sgd_switch_frac < 1, "train.sgd_switch_frac",
+        check(self.sgd_switch_frac is None or 0 < self.sgd_switch_frac < 1, "train.sgd_switch_frac",
                self.sgd_switch_frac, "null or a number in (0, 1)")
-        _check(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "a number >= 0 (0 disables clipping)")
-        _check(isinstance(self.n_evals, int) and self.n_evals >= 0, "train.n_evals", self.n_evals, "an integer >= 0")
-        _check(self.eval_users is None or (isinstance(self.eval_users, int) and self.eval_users >= 1),
+        check(self.sgd_lr > 0, "train.sgd_lr", self.sgd_lr, "a positive number")
+        check(0 < self.log_every_frac <= 1, "train.log_every_frac", self.log_every_frac, "a number in (0, 1]")
+        check(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "a number >= 0 (0 disables clipping)")
+        check(isinstance(self.n_evals, int) and self.n_evals >= 0, "train.n_evals", self.n_evals, "an integer >= 0")
+        check(self.eval_users is None or (isinstance(self.eval_users, int) and self.eval_users >= 1),
                "train.eval_users", self.eval_users, "null (all users) or an integer >= 1")
 
 
@@ -132,7 +141,7 @@ class DataConfig:
     exclude_seen: bool = False  # rank among all items (default) or drop the user's history items from the ranking
 
     def __post_init__(self) -> None:
-        _check(self.split == "loo", "data.split", self.split, "'loo' (the temporal split is used by the hard-tasks axis)")
+        check(self.split == "loo", "data.split", self.split, "'loo' (the temporal split is used by the hard-tasks axis)")
 
 
 @dataclass(frozen=True)
@@ -144,32 +153,17 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
         return _jsonable(asdict(self))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
-        """Build from nested dicts; an unknown key is an error naming it."""
-        raw = dict(raw or {})
-        _no_unknown(raw, cls, "")
-        parts = {}
-        for f in fields(cls):
-            if f.name == "seed":
-                continue
-            sub_cls = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}[f.name]
-            sub = dict(raw.get(f.name) or {})
-            _no_unknown(sub, sub_cls, f"{f.name}.")
-            if "betas" in sub:
-                sub["betas"] = tuple(sub["betas"])
-            _coerce_floats(sub, sub_cls, f"{f.name}.")
-            try:
-                parts[f.name] = sub_cls(**sub)
-            except TypeError as exc:
-                raise BfmError(f"{f.name}: {exc}") from exc
-        seed = raw.get("seed", 0)
-        _check(isinstance(seed, int) and seed >= 0, "seed", seed, "an integer >= 0")
-        return cls(seed=seed, **parts)
+        """Build from nested dicts; an unknown key or a mistyped value is an error naming it."""
+        return section_from_dict(cls, raw or {}, "")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -180,15 +174,60 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _coerce_floats(raw: dict[str, Any], cls: type, prefix: str) -> None:
-    """YAML 1.1 reads `1e12` as a string: turn such values of float-typed fields into floats."""
-    for f in dataclasses.fields(cls):
-        value = raw.get(f.name)
-        if isinstance(value, str) and "float" in str(f.type):
+T = TypeVar("T")
+
+
+def section_from_dict(cls: type[T], raw: Any, prefix: str) -> T:
+    """A config dataclass from a YAML mapping; an unknown or missing key, or a value not of the field's type, is a
+    one-line error naming `prefix + key`."""
+    check(isinstance(raw, dict), prefix.rstrip(".") or "config", raw, "a mapping")
+    _no_unknown(raw, cls, prefix)
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        if f.name in raw:
+            values[f.name] = _conform(prefix + f.name, raw[f.name], hints[f.name])
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise BfmError(f"{prefix}{f.name} is missing")
+    return cls(**values)
+
+
+def _conform(name: str, value: Any, hint: Any) -> Any:
+    """`value` as type `hint` (YAML 1.1 reads `1e12` as a string: it becomes a float; lists become tuples), or a
+    one-line error."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return section_from_dict(hint, value, f"{name}.")
+    if origin in (list, tuple):
+        size = len(args) if origin is tuple and Ellipsis not in args else None
+        ok = isinstance(value, (list, tuple)) and (len(value) == size if size else len(value) > 0)
+        check(ok, name, value, f"a list of {size} values" if size else "a non-empty list")
+        items = [_conform(name, v, args[0] if args else Any) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        check(isinstance(value, dict), name, value, "a mapping")
+        return {k: _conform(f"{name}.{k}", v, args[1]) for k, v in value.items()}
+    if hint is bool:
+        check(isinstance(value, bool), name, value, "true or false")
+    elif hint is int:
+        check(isinstance(value, int) and not isinstance(value, bool), name, value, "an integer")
+    elif hint is float:
+        if isinstance(value, str):
             try:
-                raw[f.name] = float(value)
+                value = float(value)
             except ValueError:
-                _fail(f"{prefix}{f.name}", value, "a number")
+                fail(name, value, "a number")
+        check(isinstance(value, (int, float)) and not isinstance(value, bool), name, value, "a number")
+        return float(value)
+    elif hint is str:
+        check(isinstance(value, str), name, value, "a string")
+    return value
 
 
 def _no_unknown(raw: dict[str, Any], cls: type, prefix: str) -> None:
