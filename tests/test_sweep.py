@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from bfmscale.config import ModelConfig, RunConfig, load_run_config
+from bfmscale.errors import BfmError
 from bfmscale.model.accounting import embedder_share, param_counts
 from bfmscale.model.catalog import build_catalog
 from bfmscale.sweep import store as store_mod
@@ -83,6 +85,55 @@ def test_isoflop_design_follows_the_aspect_rule():
     big = [c.model.d_model for c in configs if c.train.flops == 1e14]
     small = [c.model.d_model for c in configs if c.train.flops == 1e12]
     assert max(big) > max(small)
+
+
+ISO = {"budgets": [1e12]}
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"name": ""}, "name is ''; expected a design name"),
+    ({"colour": 1}, "colour is not a setting"),
+    ({"seeds": 3}, "seeds is 3; expected a non-empty list"),
+    ({"seeds": [-1]}, "seeds: seed is -1; expected an integer >= 0"),
+    ({"base": [1]}, "base is [1]; expected a mapping"),
+    ({"base": {"model": {"d_model": 33}}}, "base: model.d_model is 33; expected a multiple of model.n_heads=2"),
+    ({"grid": [1, 2]}, "grid is [1, 2]; expected a mapping"),
+    ({"grid": {"train.flops": []}}, "grid.train.flops is []; expected a non-empty list"),
+    ({"grid": {"model.colour": [1]}}, "grid: model.colour is not a setting"),
+    ({"grid": {"train.lr": [1e-3, -1]}}, "grid: train.lr is -1.0; expected a positive number"),
+    ({"isoflop": [1e12]}, "isoflop is [1000000000000.0]; expected a mapping"),
+    ({"isoflop": {"n_models": 3}}, "isoflop.budgets is missing"),
+    ({"isoflop": {**ISO, "n_model": 3}}, "isoflop.n_model is not a setting; expected one of aspect, budgets,"),
+    ({"isoflop": {"budgets": ["big"]}}, "isoflop.budgets is 'big'; expected a number"),
+    ({"isoflop": {"budgets": [-1]}}, "isoflop.budgets is [-1.0]; expected positive FLOP counts"),
+    ({"isoflop": {**ISO, "n_models": 0}}, "isoflop.n_models is 0; expected an integer >= 1"),
+    ({"isoflop": {**ISO, "spread": 0.5}}, "isoflop.spread is 0.5; expected a number >= 1"),
+    ({"isoflop": {**ISO, "head_dim": 0}}, "isoflop.head_dim is 0; expected an integer >= 1"),
+    ({"split": {"shares": [0.5]}}, "split.total_params is missing"),
+    ({"split": {"shares": [0.5, 1.0], "total_params": 1e6}}, "split.shares is [0.5, 1.0]; expected shares in (0, 1)"),
+    ({"split": {"shares": [0.5], "total_params": 0}}, "split.total_params is 0.0; expected a positive parameter"),
+])
+def test_bad_design_is_one_line_naming_file_and_key(prepared, change, expected):
+    with pytest.raises(BfmError, match=re.escape(f"sweep.yaml: {expected}")) as err:
+        Design.from_dict({**design_dict(prepared), **change}, "sweep.yaml")
+    assert "\n" not in str(err.value)
+
+
+def test_design_yaml_reads_budgets_as_numbers(tmp_path):
+    path = tmp_path / "iso.yaml"
+    path.write_text("name: iso\nseeds: [0, 1]\nisoflop:\n  budgets: [1e12, 1e13]\n  n_models: 2\n")
+    design = load_design(path)
+    assert design.isoflop.budgets == (1e12, 1e13) and design.isoflop.n_models == 2
+    assert {c.train.flops for c in expand(design)} == {1e12, 1e13}
+
+
+@pytest.mark.parametrize("text,expected", [(None, "design file not found"), ("- 1\n", "expected a mapping with name")])
+def test_unreadable_design_file_is_named(tmp_path, text, expected):
+    path = tmp_path / "sweep.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(BfmError, match=re.escape(f"{path}: {expected}")):
+        load_design(path)
 
 
 def test_shape_for_hits_the_target_size():

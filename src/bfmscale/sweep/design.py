@@ -25,14 +25,53 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bfmscale.config import ModelConfig, RunConfig, apply_values
+from bfmscale.config import ModelConfig, RunConfig, apply_values, check, section_from_dict
 from bfmscale.errors import BfmError
 from bfmscale.model.accounting import param_counts
 from bfmscale.model.catalog import ItemCatalog
 from bfmscale.sweep.store import run_key
 
 
-@dataclass
+@dataclass(frozen=True)
+class IsoflopSpec:
+    """For each budget C, `n_models` transformer sizes log-evenly over [N*/spread, N*·spread], N* = sqrt(C / (6·tpp))."""
+
+    budgets: tuple[float, ...]
+    n_models: int = 5
+    spread: float = 4.0
+    tokens_per_param: float = 20.0
+    aspect: int = 32
+    head_dim: int = 32
+
+    def __post_init__(self) -> None:
+        check(all(b > 0 for b in self.budgets), "isoflop.budgets", list(self.budgets), "positive FLOP counts")
+        check(self.n_models >= 1, "isoflop.n_models", self.n_models, "an integer >= 1")
+        check(self.spread >= 1, "isoflop.spread", self.spread, "a number >= 1 (the largest size over N*)")
+        check(self.tokens_per_param > 0, "isoflop.tokens_per_param", self.tokens_per_param, "a positive number")
+        _check_shape_rule("isoflop", self.aspect, self.head_dim)
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Embedder shares s = N_emb / (N_emb + N_ctx) of a fixed total parameter count."""
+
+    shares: tuple[float, ...]
+    total_params: float
+    aspect: int = 32
+    head_dim: int = 32
+
+    def __post_init__(self) -> None:
+        check(all(0 < s < 1 for s in self.shares), "split.shares", list(self.shares), "shares in (0, 1)")
+        check(self.total_params > 0, "split.total_params", self.total_params, "a positive parameter count")
+        _check_shape_rule("split", self.aspect, self.head_dim)
+
+
+def _check_shape_rule(block: str, aspect: int, head_dim: int) -> None:
+    check(aspect >= 1, f"{block}.aspect", aspect, "an integer >= 1 (d_model per layer)")
+    check(head_dim >= 1, f"{block}.head_dim", head_dim, "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class Design:
     """A named set of runs described as data."""
 
@@ -40,21 +79,27 @@ class Design:
     base: dict[str, Any] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
     grid: dict[str, list[Any]] = field(default_factory=dict)
-    isoflop: dict[str, Any] | None = None
-    split: dict[str, Any] | None = None
+    isoflop: IsoflopSpec | None = None
+    split: SplitSpec | None = None
+
+    def __post_init__(self) -> None:
+        check(bool(self.name.strip()), "name", self.name, "a design name")
+        # The base config, and each seed and grid value on it, must be a valid run config.
+        points = [("base", [])] + [("seeds", [("seed", s)]) for s in self.seeds]
+        points += [("grid", [(k, v)]) for k, values in self.grid.items() for v in values]
+        for where, pairs in points:
+            try:
+                RunConfig.from_dict(apply_values(self.base, pairs))
+            except BfmError as exc:
+                raise BfmError(f"{where}: {exc}") from None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "design") -> Design:
-        known = set(cls.__dataclass_fields__)
-        for key in raw:
-            if key not in known:
-                raise BfmError(f"{source}: {key} is not a design field; expected one of {', '.join(sorted(known))}")
-        if not raw.get("name"):
-            raise BfmError(f"{source}: name is missing; expected a design name")
-        for key, values in (raw.get("grid") or {}).items():
-            if not isinstance(values, list) or not values:
-                raise BfmError(f"{source}: grid.{key} is {values!r}; expected a non-empty list")
-        return cls(**{k: v for k, v in raw.items() if v is not None})
+        """Build and validate a design; an error names `source` and the key."""
+        try:
+            return section_from_dict(cls, raw, "")
+        except BfmError as exc:
+            raise BfmError(f"{source}: {exc}") from None
 
 
 def load_design(path: Path | str) -> Design:
@@ -78,18 +123,13 @@ def shape_for(n_params: float, aspect: int = 32, head_dim: int = 32) -> dict[str
 Point = list[tuple[str, Any]]  # (dotted key, value) pairs applied to the base config
 
 
-def _isoflop_points(spec: dict[str, Any]) -> list[Point]:
-    budgets = [float(b) for b in spec["budgets"]]
-    n_models = int(spec.get("n_models", 5))
-    spread = float(spec.get("spread", 4.0))
-    tpp = float(spec.get("tokens_per_param", 20.0))
-    aspect, head_dim = int(spec.get("aspect", 32)), int(spec.get("head_dim", 32))
+def _isoflop_points(spec: IsoflopSpec) -> list[Point]:
     points = []
-    for c in budgets:
-        centre = math.sqrt(c / (6 * tpp))
+    for c in spec.budgets:
+        centre = math.sqrt(c / (6 * spec.tokens_per_param))
         seen = set()
-        for n in centre * spread ** np.linspace(-1, 1, n_models):
-            shape = shape_for(n, aspect, head_dim)
+        for n in centre * spec.spread ** np.linspace(-1, 1, spec.n_models):
+            shape = shape_for(n, spec.aspect, spec.head_dim)
             sig = tuple(shape.values())
             if sig in seen:
                 continue
@@ -120,20 +160,15 @@ def embedder_width_for(target: float, model: ModelConfig, catalog: ItemCatalog, 
     return widths(best)
 
 
-def _split_points(spec: dict[str, Any], base: RunConfig, catalog: ItemCatalog | None,
+def _split_points(spec: SplitSpec, base: RunConfig, catalog: ItemCatalog | None,
                   n_event_features: int) -> list[Point]:
     if catalog is None:
         raise BfmError("split design: needs the dataset's item catalog (pass the prepared dataset)")
-    total = float(spec["total_params"])
-    aspect, head_dim = int(spec.get("aspect", 32)), int(spec.get("head_dim", 32))
     points = []
-    for s in spec["shares"]:
-        s = float(s)
-        if not 0 < s < 1:
-            raise BfmError(f"split.shares: {s} is out of range; expected shares in (0, 1)")
-        shape = shape_for((1 - s) * total, aspect, head_dim)
+    for s in spec.shares:
+        shape = shape_for((1 - s) * spec.total_params, spec.aspect, spec.head_dim)
         model = ModelConfig(**{**base.model.__dict__, "embedder": "features", **shape})
-        widths = embedder_width_for(s * total, model, catalog, n_event_features)
+        widths = embedder_width_for(s * spec.total_params, model, catalog, n_event_features)
         points.append([("model.embedder", "features")] + [(f"model.{k}", v) for k, v in {**shape, **widths}.items()])
     return points
 
