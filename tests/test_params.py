@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bfmscale.data.prepare import PrepareConfig
@@ -139,25 +141,23 @@ def test_prepare_config_defaults_and_from_params():
 
 @pytest.mark.parametrize("value", [2, 0, -1, 3.5, "5", None])
 def test_prepare_config_bad_min_history(value):
-    with pytest.raises(BfmError, match=r"prepare\.min_history is .*; expected an integer >= 3"):
+    with pytest.raises(BfmError, match=r"^params\.yaml: prepare\.min_history is .*; expected an integer"):
         PrepareConfig.from_params({"prepare": {"min_history": value}})
 
 
 @pytest.mark.parametrize("value", [0, 1, 0.0, 1.0, -0.5, 1.5])
 def test_prepare_config_bad_temporal_quantile(value):
-    with pytest.raises(BfmError, match=r"prepare\.temporal_quantile is .*; expected a number in \(0, 1\)"):
+    with pytest.raises(BfmError, match=r"^params\.yaml: prepare\.temporal_quantile is .*; expected a number in \(0, 1\)"):
         PrepareConfig.from_params({"prepare": {"temporal_quantile": value}})
 
 
-@pytest.mark.parametrize("value", ["high", None])
-def test_prepare_config_non_numeric_temporal_quantile(value):
-    with pytest.raises(BfmError, match=r"prepare\.temporal_quantile"):
-        PrepareConfig.from_params({"prepare": {"temporal_quantile": value}})
+@pytest.mark.parametrize("key,value,expected", [
+    ("temporal_quantile", "high", "prepare.temporal_quantile is 'high'; expected a number"),
+    ("temporal_quantile", None, "prepare.temporal_quantile is None; expected a number"),
+    ("dedupe", "maybe", "prepare.dedupe is 'maybe'; expected true or false"),
+    ("min_hist", 5, "prepare.min_hist is not a setting; expected one of dedupe, min_history, temporal_quantile"),
+])
+def test_prepare_config_mistyped_or_unknown_key(key, value, expected):
+    with pytest.raises(BfmError, match=re.escape(f"params.yaml: {expected}")):
+        PrepareConfig.from_params({"prepare": {key: value}})
 
-
-def test_prepare_config_unknown_key():
-    with pytest.raises(BfmError) as exc:
-        PrepareConfig.from_params({"prepare": {"min_history": 5, "min_hist": 3}})
-    msg = str(exc.value)
-    assert "prepare.min_hist is not a setting" in msg
-    assert "min_history, temporal_quantile, dedupe" in msg

@@ -25,6 +25,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from bfmscale.atomic import atomic_dir, write_json
+from bfmscale.config import check, section_from_dict
 from bfmscale.data.readers import RawData
 from bfmscale.data.schema import validate_events, validate_items
 from bfmscale.errors import BfmError
@@ -41,21 +42,18 @@ class PrepareConfig:
     dedupe: bool = False  # drop exact duplicate events instead of failing
 
     def __post_init__(self) -> None:
-        if not isinstance(self.min_history, int) or self.min_history < 3:
-            raise BfmError(f"params.yaml: prepare.min_history is {self.min_history!r}; expected an integer >= 3 "
-                           "(leave-last-out needs a train, a validation and a test event)")
-        q = self.temporal_quantile
-        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < float(q) < 1.0:
-            raise BfmError(f"params.yaml: prepare.temporal_quantile is {self.temporal_quantile!r}; expected a number in (0, 1)")
+        check(self.min_history >= 3, "prepare.min_history", self.min_history,
+              "an integer >= 3 (leave-last-out needs a train, a validation and a test event)")
+        check(0.0 < self.temporal_quantile < 1.0, "prepare.temporal_quantile", self.temporal_quantile,
+              "a number in (0, 1)")
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> PrepareConfig:
-        section = params.get("prepare") or {}
-        unknown = set(section) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise BfmError(f"params.yaml: prepare.{sorted(unknown)[0]} is not a setting; expected one of "
-                           f"{', '.join(cls.__dataclass_fields__)}")
-        return cls(**section)
+    def from_params(cls, params: dict[str, Any], source: str = "params.yaml") -> PrepareConfig:
+        """The `prepare:` section; an error names `source` and the key."""
+        try:
+            return section_from_dict(cls, params.get("prepare") or {}, "prepare.")
+        except BfmError as exc:
+            raise BfmError(f"{source}: {exc}") from None
 
 
 def encode(values: pd.Series) -> tuple[pd.Series, list[str]]:
