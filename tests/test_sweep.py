@@ -136,6 +136,15 @@ def test_unreadable_design_file_is_named(tmp_path, text, expected):
         load_design(path)
 
 
+def test_isoflop_budget_with_fewer_distinct_sizes_is_reported(caplog):
+    design = Design.from_dict({"name": "iso", "isoflop": {"budgets": [1e9, 1e15], "n_models": 5}})
+    with caplog.at_level("WARNING", logger="bfmscale.sweep.design"):
+        configs = expand(design)
+    sizes = {f: sum(c.train.flops == f for c in configs) for f in (1e9, 1e15)}
+    assert sizes == {1e9: 1, 1e15: 5}
+    assert [r.getMessage()[:47] for r in caplog.records] == ["isoflop budget 1e+09: 1 of 5 sizes are distinct"]
+
+
 def test_shape_for_hits_the_target_size():
     for n in (1e5, 1e6, 1e7):
         s = shape_for(n)

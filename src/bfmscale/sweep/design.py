@@ -17,6 +17,7 @@ rounded to a multiple of head_dim, L = max(1, round(d / aspect)), heads = d / he
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from bfmscale.errors import BfmError
 from bfmscale.model.accounting import param_counts
 from bfmscale.model.catalog import ItemCatalog
 from bfmscale.sweep.store import run_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,9 @@ def _isoflop_points(spec: IsoflopSpec) -> list[Point]:
                 continue
             seen.add(sig)
             points.append([("train.flops", c)] + [(f"model.{k}", v) for k, v in shape.items()])
+        if len(seen) < spec.n_models:
+            log.warning("isoflop budget %.3g: %d of %d sizes are distinct under the aspect rule (head_dim %d); "
+                        "a smaller head_dim or a larger budget gives more", c, len(seen), spec.n_models, spec.head_dim)
     return points
 
 
