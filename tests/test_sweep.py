@@ -145,6 +145,17 @@ def test_isoflop_budget_with_fewer_distinct_sizes_is_reported(caplog):
     assert [r.getMessage()[:47] for r in caplog.records] == ["isoflop budget 1e+09: 1 of 5 sizes are distinct"]
 
 
+def test_readme_design_example_expands_as_it_says(caplog):
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    assert len(blocks) == 1
+    with caplog.at_level("WARNING", logger="bfmscale.sweep.design"):
+        configs = expand(Design.from_dict(yaml.safe_load(blocks[0]), "README.md"))
+    assert not caplog.records
+    assert len(configs) == 30 and {c.train.objective for c in configs} == {"full", "sampled"}
+    assert sorted({c.train.flops for c in configs}) == [1e12, 3e12, 1e13]
+
+
 def test_shape_for_hits_the_target_size():
     for n in (1e5, 1e6, 1e7):
         s = shape_for(n)
