@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -127,6 +128,13 @@ def test_missing_notebook(tmp_path):
     with pytest.raises(BfmError, match="nope.ipynb: notebook not found"):
         render_notebook(tmp_path / "nope.ipynb", tmp_path / "results", {})
     assert not (tmp_path / "results" / "notebooks" / "nope.ipynb").exists()
+
+
+def test_unknown_parameter_is_a_one_line_error_before_running(tmp_path):
+    src = _tiny_notebook(tmp_path / "calm.ipynb", "print(x * 2)")
+    with pytest.raises(BfmError, match=re.escape(f"{src}: parameter 'y' is unknown; expected one of x")):
+        render_notebook(src, tmp_path / "results", {"x": 1, "y": 2}, cwd=tmp_path)
+    assert not (tmp_path / "results" / "notebooks").exists()
 
 
 def test_cli_param_without_equals_is_a_one_line_error(tmp_path, monkeypatch, capsys):

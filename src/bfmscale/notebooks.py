@@ -27,13 +27,18 @@ def stabilize(nb: Any, output_path: Path) -> None:
 
 
 def render_notebook(src: Path, results: Path, parameters: dict[str, Any], cwd: Path | None = None) -> tuple[Path, Path]:
-    """Execute `src` into results/notebooks/<name>.ipynb and export <name>.html; a failing cell is a one-line error."""
+    """Execute `src` into results/notebooks/<name>.ipynb and export <name>.html; an unknown parameter or a failing cell
+    is a one-line error."""
     import nbformat
     import papermill
     from nbconvert import HTMLExporter
 
     if not src.is_file():
         raise BfmError(f"{src}: notebook not found; expected one of notebooks/*.ipynb")
+    known = papermill.inspect_notebook(str(src))  # the `parameters` cell's names (papermill only warns on others)
+    unknown = sorted(set(parameters) - set(known))
+    if unknown:
+        raise BfmError(f"{src}: parameter {unknown[0]!r} is unknown; expected one of {', '.join(known) or '(none)'}")
     out_dir = results / "notebooks"
     out_nb, out_html = out_dir / f"{src.stem}.ipynb", out_dir / f"{src.stem}.html"
     failed = out_dir / f"{src.stem}.failed.ipynb"
