@@ -347,6 +347,17 @@ def test_cli_sweep_strict_and_status(prepared, tmp_path, capsys):
     assert "done" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("flag,value", [("--workers", "0"), ("--threads", "-1"), ("--workers", "two")])
+def test_cli_sweep_rejects_a_bad_worker_or_thread_count(tmp_path, capsys, flag, value):
+    from bfmscale.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", str(tmp_path / "d.yaml"), flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: '{value}': expected an integer >= 1" in err and not (tmp_path / "results").exists()
+
+
 def test_local_executor_default_layout_is_one_single_threaded_worker_per_core(monkeypatch):
     """The measured default: a worker per core, one thread each; an explicit worker count shares the cores."""
     monkeypatch.setattr("os.cpu_count", lambda: 4)

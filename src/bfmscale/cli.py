@@ -114,6 +114,17 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(table.to_string(index=False))
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (worker and thread counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bfmscale", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -144,9 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a sweep design through the run store (resumable)")
     p.add_argument("design", help="design YAML (name, base, seeds, grid / isoflop / split)")
     p.add_argument("--executor", default="local", choices=["local", "ray"])
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="local: worker processes (default: one per core); ray (local instance): CPUs")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch threads per run (default: cores // workers; ray: CPUs per task, default 1)")
     p.add_argument("--address", default=None, help="ray: address of an existing cluster (default: a local instance)")
     p.add_argument("--store", default="results/runs")
