@@ -211,7 +211,8 @@ def _conform(name: str, value: Any, hint: Any) -> Any:
         items = [_conform(name, v, args[0] if args else Any) for v in value]
         return tuple(items) if origin is tuple else items
     if origin is dict:
-        check(isinstance(value, dict), name, value, "a mapping")
+        check(isinstance(value, dict) and all(isinstance(k, str) for k in value), name, value,
+              "a mapping with names as keys")
         return {k: _conform(f"{name}.{k}", v, args[1]) for k, v in value.items()}
     if hint is bool:
         check(isinstance(value, bool), name, value, "true or false")
