@@ -54,9 +54,9 @@ class ModelConfig:
             value = getattr(self, name)
             check(isinstance(value, int) and value >= 1, f"model.{name}", value, "an integer >= 1")
         check(self.d_model % self.n_heads == 0, "model.d_model", self.d_model,
-               f"a multiple of model.n_heads={self.n_heads}")
+              f"a multiple of model.n_heads={self.n_heads}")
         check(isinstance(self.id_buckets, int) and self.id_buckets >= -1, "model.id_buckets", self.id_buckets,
-               "-1 (exact), 0 (none) or a positive bucket count")
+              "-1 (exact), 0 (none) or a positive bucket count")
         for name in ("dropout", "dropout_min"):
             check(0.0 <= getattr(self, name) < 1.0, f"model.{name}", getattr(self, name), "a number in [0, 1)")
         check(self.temperature > 0, "model.temperature", self.temperature, "a positive number")
@@ -105,30 +105,30 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check(isinstance(self.flops, (int, float)) and self.flops > 0, "train.flops", self.flops, "a positive number")
         check(isinstance(self.batch_size, int) and self.batch_size >= 1, "train.batch_size", self.batch_size,
-               "an integer >= 1")
+              "an integer >= 1")
         check(self.lr > 0, "train.lr", self.lr, "a positive number")
         check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
         check(0 <= self.warmup_frac < 1, "train.warmup_frac", self.warmup_frac, "a number in [0, 1)")
         check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a number >= 0")
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas", list(self.betas),
-               "two numbers in [0, 1)")
+              "two numbers in [0, 1)")
         check(self.objective in OBJECTIVES, "train.objective", self.objective, f"one of {', '.join(OBJECTIVES)}")
         check(isinstance(self.n_negatives, int) and self.n_negatives >= 1, "train.n_negatives", self.n_negatives,
-               "an integer >= 1")
+              "an integer >= 1")
         check(self.sampler in ("uniform", "popularity"), "train.sampler", self.sampler, "'uniform' or 'popularity'")
         check(self.sampler_alpha >= 0, "train.sampler_alpha", self.sampler_alpha, "a number >= 0")
         check(self.precision in ("auto", "fp32", "bf16"), "train.precision", self.precision, "auto, fp32 or bf16")
         check(self.device in ("auto", "cpu", "cuda"), "train.device", self.device, "auto, cpu or cuda")
         check(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1), "train.threads",
-               self.threads, "null or an integer >= 1")
+              self.threads, "null or an integer >= 1")
         check(self.sgd_switch_frac is None or 0 < self.sgd_switch_frac < 1, "train.sgd_switch_frac",
-               self.sgd_switch_frac, "null or a number in (0, 1)")
+              self.sgd_switch_frac, "null or a number in (0, 1)")
         check(self.sgd_lr > 0, "train.sgd_lr", self.sgd_lr, "a positive number")
         check(0 < self.log_every_frac <= 1, "train.log_every_frac", self.log_every_frac, "a number in (0, 1]")
         check(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "a number >= 0 (0 disables clipping)")
         check(isinstance(self.n_evals, int) and self.n_evals >= 0, "train.n_evals", self.n_evals, "an integer >= 0")
         check(self.eval_users is None or (isinstance(self.eval_users, int) and self.eval_users >= 1),
-               "train.eval_users", self.eval_users, "null (all users) or an integer >= 1")
+              "train.eval_users", self.eval_users, "null (all users) or an integer >= 1")
 
 
 @dataclass(frozen=True)
