@@ -59,6 +59,13 @@ def test_bad_fields_are_named(override, field):
     assert field in str(err.value) and "\n" not in str(err.value)
 
 
+def test_empty_yaml_section_means_its_defaults(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\ntrain:\n  threads:\nseed: 2\n")
+    cfg = load_run_config(path)
+    assert cfg == RunConfig(seed=2) and cfg.train.threads is None
+
+
 def test_yaml_strings_become_numbers_and_lists_tuples():
     cfg = RunConfig.from_dict({"train": {"flops": "3e12", "lr": 1, "betas": ["0.8", 0.9]}})
     assert cfg.train.flops == 3e12 and isinstance(cfg.train.lr, float) and cfg.train.betas == (0.8, 0.9)

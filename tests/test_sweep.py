@@ -122,9 +122,10 @@ def test_bad_design_is_one_line_naming_file_and_key(prepared, change, expected):
 
 def test_design_yaml_reads_budgets_as_numbers(tmp_path):
     path = tmp_path / "iso.yaml"
-    path.write_text("name: iso\nseeds: [0, 1]\nisoflop:\n  budgets: [1e12, 1e13]\n  n_models: 2\n")
+    path.write_text("name: iso\nbase:\ngrid:\nseeds: [0, 1]\nisoflop:\n  budgets: [1e12, 1e13]\n  n_models: 2\n")
     design = load_design(path)
     assert design.isoflop.budgets == (1e12, 1e13) and design.isoflop.n_models == 2
+    assert design.base == {} and design.grid == {}  # empty sections
     assert {c.train.flops for c in expand(design)} == {1e12, 1e13}
 
 

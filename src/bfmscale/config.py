@@ -185,8 +185,10 @@ def section_from_dict(cls: type[T], raw: Any, prefix: str) -> T:
     hints = typing.get_type_hints(cls)
     values = {}
     for f in fields(cls):
-        if f.name in raw:
-            values[f.name] = _conform(prefix + f.name, raw[f.name], hints[f.name])
+        hint = hints[f.name]
+        section = dataclasses.is_dataclass(hint) or typing.get_origin(hint) in (dict, list)
+        if f.name in raw and not (section and raw[f.name] is None):  # YAML reads an empty `model:` as null
+            values[f.name] = _conform(prefix + f.name, raw[f.name], hint)
         elif f.default is MISSING and f.default_factory is MISSING:
             raise BfmError(f"{prefix}{f.name} is missing")
     return cls(**values)
