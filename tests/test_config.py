@@ -72,14 +72,15 @@ def test_yaml_strings_become_numbers_and_lists_tuples():
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("[1, 2]\n", "a mapping"),
+    ("[1, 2]\n", "the top level is a list; expected a mapping: a YAML run config"),
+    ("model: [x\n", "not valid YAML (while parsing a flow sequence); expected a YAML run config"),
     ("model: 3\n", "model is 3"),
     ("model:\n  d_model: 32\ntrain: {flops: x}\n", "train.flops is 'x'"),
 ])
 def test_bad_config_file_is_named(tmp_path, text, expected):
     path = tmp_path / "run.yaml"
     path.write_text(text)
-    with pytest.raises(BfmError, match=expected) as err:
+    with pytest.raises(BfmError, match=re.escape(f"{path}: {expected}")) as err:
         load_run_config(path)
     assert "\n" not in str(err.value)
 
@@ -93,6 +94,13 @@ def test_bad_config_file_is_named(tmp_path, text, expected):
 def test_malformed_override_is_named(overrides, expected):
     with pytest.raises(BfmError, match=re.escape(expected)):
         load_run_config(None, overrides)
+
+
+def test_error_from_file_plus_overrides_names_both(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  d_model: 32\n")
+    with pytest.raises(BfmError, match=re.escape(f"{path} + overrides: model.n_heads is 0")):
+        load_run_config(path, ["model.n_heads=0"])
 
 
 def test_missing_config_file(tmp_path):

@@ -129,7 +129,12 @@ def test_design_yaml_reads_budgets_as_numbers(tmp_path):
     assert {c.train.flops for c in expand(design)} == {1e12, 1e13}
 
 
-@pytest.mark.parametrize("text,expected", [(None, "design file not found"), ("- 1\n", "expected a mapping with name")])
+@pytest.mark.parametrize("text,expected", [
+    (None, "file not found; expected a sweep design"),
+    ("- 1\n", "the top level is a list; expected a mapping: a sweep design"),
+    ("name: [x\n", "not valid YAML (while parsing a flow sequence); expected a sweep design"),
+    ("", "name is missing"),
+])
 def test_unreadable_design_file_is_named(tmp_path, text, expected):
     path = tmp_path / "sweep.yaml"
     if text is not None:

@@ -270,14 +270,29 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return apply_values(raw, pairs)
 
 
+def read_yaml_mapping(path: Path | str, what: str) -> dict[str, Any]:
+    """A YAML file holding a mapping (empty: {}); a missing file, bad YAML or another top level is a one-line error
+    naming the file and `what` was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise BfmError(f"{path}: file not found; expected {what}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise BfmError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); expected {what}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BfmError(f"{path}: the top level is a {type(raw).__name__}; expected a mapping: {what}")
+    return raw
+
+
 def load_run_config(path: Path | str | None, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML run config (or start from defaults), apply overrides, validate."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise BfmError(f"{path}: config file not found; expected a YAML run config")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise BfmError(f"{path}: expected a mapping with model / train / data / seed")
-    return RunConfig.from_dict(apply_overrides(raw, list(overrides)))
+    if path is None:
+        return RunConfig.from_dict(apply_overrides({}, list(overrides)))
+    raw = read_yaml_mapping(path, "a YAML run config with model / train / data / seed")
+    try:
+        return RunConfig.from_dict(apply_overrides(raw, list(overrides)))
+    except BfmError as exc:
+        raise BfmError(f"{path}{' + overrides' if overrides else ''}: {exc}") from None

@@ -6,25 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from bfmscale.config import read_yaml_mapping
 from bfmscale.errors import BfmError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
 
 def load_params(path: Path | str = DEFAULT_PARAMS) -> dict[str, Any]:
-    """Read params.yaml as a dict, with a one-line error when it is missing or not a mapping."""
-    path = Path(path)
-    if not path.is_file():
-        raise BfmError(f"{path}: file not found; expected the pipeline's params.yaml")
-    try:
-        params = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise BfmError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(params, dict):
-        raise BfmError(f"{path}: expected a mapping at the top level")
-    return params
+    """Read params.yaml as a dict, with a one-line error when it is missing, not YAML or not a mapping."""
+    return read_yaml_mapping(path, "the pipeline's params.yaml (profile, profiles, datasets, prepare)")
 
 
 @dataclass(frozen=True)

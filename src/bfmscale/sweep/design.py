@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from bfmscale.config import ModelConfig, RunConfig, apply_values, check, section_from_dict
+from bfmscale.config import ModelConfig, RunConfig, apply_values, check, read_yaml_mapping, section_from_dict
 from bfmscale.errors import BfmError
 from bfmscale.model.accounting import param_counts
 from bfmscale.model.catalog import ItemCatalog
@@ -107,13 +106,8 @@ class Design:
 
 def load_design(path: Path | str) -> Design:
     """Read a design YAML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise BfmError(f"{path}: design file not found; expected a YAML sweep design")
-    raw = yaml.safe_load(path.read_text())
-    if not isinstance(raw, dict):
-        raise BfmError(f"{path}: expected a mapping with name, base, seeds, grid / isoflop / split")
-    return Design.from_dict(raw, str(path))
+    return Design.from_dict(read_yaml_mapping(path, "a sweep design with name, base, seeds, grid / isoflop / split"),
+                            str(path))
 
 
 def shape_for(n_params: float, aspect: int = 32, head_dim: int = 32) -> dict[str, int]:
