@@ -365,6 +365,13 @@ def test_cli_sweep_rejects_a_bad_worker_or_thread_count(tmp_path, capsys, flag, 
     assert f"argument {flag}: '{value}': expected an integer >= 1" in err
 
 
+def test_cli_sweep_takes_worker_and_thread_counts():
+    from bfmscale.cli import build_parser
+
+    args = build_parser().parse_args(["sweep", "d.yaml", "--workers", "2", "--threads", "3"])
+    assert (args.workers, args.threads) == (2, 3)
+
+
 def test_local_executor_default_layout_is_one_single_threaded_worker_per_core(monkeypatch):
     """The measured default: a worker per core, one thread each; an explicit worker count shares the cores."""
     monkeypatch.setattr("os.cpu_count", lambda: 4)
