@@ -354,6 +354,22 @@ def test_cli_sweep_strict_and_status(prepared, tmp_path, capsys):
     assert "done" in capsys.readouterr().out
 
 
+def test_cli_split_sweep_builds_the_catalog_and_runs_each_share(prepared, tmp_path, capsys):
+    from bfmscale.cli import main
+
+    d = design_dict(prepared, grid={}, split={"shares": [0.2, 0.6], "total_params": 2e4, "head_dim": 8})
+    d["base"]["model"] = {"max_len": 10}
+    d["base"]["train"]["flops"] = 1e7
+    path = tmp_path / "split.yaml"
+    path.write_text(yaml.safe_dump(d))
+    store = tmp_path / "runs"
+    assert main(["status", "--store", str(store)]) == 0 and "no runs" in capsys.readouterr().out
+    assert main(["sweep", str(path), "--store", str(store), "--workers", "1", "--out", str(tmp_path / "t.csv")]) == 0
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert len(table) == 2 and (table["status"] == "done").all()
+    assert table["embedder_share"].tolist() == pytest.approx([0.2, 0.6], abs=0.1)  # coarse shapes at 2e4 params
+
+
 @pytest.mark.parametrize("flag,value", [("--workers", "0"), ("--threads", "-1"), ("--workers", "two")])
 def test_cli_sweep_rejects_a_bad_worker_or_thread_count(tmp_path, capsys, flag, value):
     from bfmscale.cli import main
