@@ -110,6 +110,10 @@ ISO = {"budgets": [1e12]}
     ({"isoflop": {**ISO, "n_models": 0}}, "isoflop.n_models is 0; expected an integer >= 1"),
     ({"isoflop": {**ISO, "spread": 0.5}}, "isoflop.spread is 0.5; expected a number >= 1"),
     ({"isoflop": {**ISO, "head_dim": 0}}, "isoflop.head_dim is 0; expected an integer >= 1"),
+    ({"isoflop": ISO, "grid": {"model.n_heads": [4]}}, "grid.model.n_heads is set by the isoflop block; expected keys"),
+    ({"split": {"shares": [0.5], "total_params": 1e6}, "grid": {"model.embedder": ["id"]}},
+     "grid.model.embedder is set by the split block; expected keys it leaves alone"),
+    ({"isoflop": ISO, "split": {"shares": [0.5], "total_params": 1e6}}, "isoflop and split both set the model's shape"),
     ({"split": {"shares": [0.5]}}, "split.total_params is missing"),
     ({"split": {"shares": [0.5, 1.0], "total_params": 1e6}}, "split.shares is [0.5, 1.0]; expected shares in (0, 1)"),
     ({"split": {"shares": [0.5], "total_params": 0}}, "split.total_params is 0.0; expected a positive parameter"),
@@ -161,6 +165,17 @@ def test_readme_design_example_expands_as_it_says(caplog):
     assert not caplog.records
     assert len(configs) == 30 and {c.train.objective for c in configs} == {"full", "sampled"}
     assert sorted({c.train.flops for c in configs}) == [1e12, 3e12, 1e13]
+
+
+def test_each_block_declares_exactly_the_keys_its_points_set(prepared):
+    from bfmscale.data.dataset import load_prepared
+    from bfmscale.sweep.design import IsoflopSpec, SplitSpec, _isoflop_points, _split_points
+
+    iso = _isoflop_points(IsoflopSpec(budgets=(1e12,), n_models=2))
+    catalog = build_catalog(load_prepared(prepared / "synth"), 2048)
+    split = _split_points(SplitSpec(shares=(0.3,), total_params=1e5), RunConfig(), catalog, 1)
+    for points, spec in ((iso, IsoflopSpec), (split, SplitSpec)):
+        assert all(sorted(k for k, _ in point) == sorted(spec.sets) for point in points)
 
 
 def test_shape_for_hits_the_target_size():

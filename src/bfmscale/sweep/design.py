@@ -21,7 +21,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class IsoflopSpec:
     """For each budget C, `n_models` transformer sizes log-evenly over [N*/spread, N*·spread], N* = sqrt(C / (6·tpp))."""
+
+    sets: ClassVar[tuple[str, ...]] = ("train.flops", "model.d_model", "model.n_layers", "model.n_heads", "model.d_ff")
 
     budgets: tuple[float, ...]
     n_models: int = 5
@@ -56,6 +58,9 @@ class IsoflopSpec:
 @dataclass(frozen=True)
 class SplitSpec:
     """Embedder shares s = N_emb / (N_emb + N_ctx) of a fixed total parameter count."""
+
+    sets: ClassVar[tuple[str, ...]] = ("model.embedder", "model.d_model", "model.n_layers", "model.n_heads", "model.d_ff",
+                                       "model.mlp_hidden", "model.d_feature", "model.id_dim")
 
     shares: tuple[float, ...]
     total_params: float
@@ -86,6 +91,14 @@ class Design:
 
     def __post_init__(self) -> None:
         check(bool(self.name.strip()), "name", self.name, "a design name")
+        if self.isoflop and self.split:
+            raise BfmError("isoflop and split both set the model's shape; expected one of them")
+        # A block's keys would silently override the same keys in the grid.
+        for block, spec in (("isoflop", self.isoflop), ("split", self.split)):
+            clash = [key for key in self.grid if spec and key in spec.sets]
+            if clash:
+                raise BfmError(f"grid.{clash[0]} is set by the {block} block; expected keys it leaves alone "
+                               f"(it sets {', '.join(spec.sets)})")
         # The base config, and each seed and grid value on it, must be a valid run config.
         points = [("base", [])] + [("seeds", [("seed", s)]) for s in self.seeds]
         points += [("grid", [(k, v)]) for k, values in self.grid.items() for v in values]
