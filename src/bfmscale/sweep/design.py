@@ -1,6 +1,7 @@
 """Sweep designs are data (YAML / params), expanded here into run configs, in one place.
 
-A design has a `name`, a `base` run config (nested like RunConfig), `seeds`, and any of:
+A design has a `name`, a `base` run config (nested like RunConfig), `seeds`, a `grid` and at most one block
+(isoflop or split); the grid may not set the keys its block sets. The axes:
   grid:    {dotted.key: [values, ...]}              cartesian product (batch axis: train.batch_size; negatives:
                                                      train.n_negatives; budgets: train.flops; ...)
   isoflop: {budgets, n_models, spread, tokens_per_param, aspect, head_dim}
