@@ -369,6 +369,24 @@ def test_cli_sweep_strict_and_status(prepared, tmp_path, capsys):
     assert "done" in capsys.readouterr().out
 
 
+def test_cli_dry_run_lists_runs_and_trains_none(prepared, tmp_path, capsys):
+    from bfmscale.cli import main
+
+    path = tmp_path / "d.yaml"
+    path.write_text(yaml.safe_dump(design_dict(prepared, grid={"train.flops": [1e7, 2e7], "model.d_model": [16, 32]})))
+    store = tmp_path / "runs"
+    assert main(["sweep", str(path), "--store", str(store), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["key", "status", "model.d_model", "train.flops"]
+    assert len(out) == 6 and all(line.split()[1] == "missing" for line in out[1:5])
+    assert out[5] == "sweep tiny: 4 runs, 0 done, 4 to run (6e+07 training FLOPs); nothing was run"
+    assert not store.exists()
+    design = Design.from_dict(design_dict(prepared, grid={"train.flops": [1e7], "model.d_model": [16]}))
+    run_sweep("tiny", expand(design), RunStore(store), LocalExecutor())
+    assert main(["sweep", str(path), "--store", str(store), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("sweep tiny: 4 runs, 1 done, 3 to run (5e+07")
+
+
 def test_cli_split_sweep_builds_the_catalog_and_runs_each_share(prepared, tmp_path, capsys):
     from bfmscale.cli import main
 

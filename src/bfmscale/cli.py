@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from bfmscale.atomic import atomic_path
     from bfmscale.model.catalog import build_catalog
-    from bfmscale.sweep.collect import collect
+    from bfmscale.sweep.collect import collect, plan
     from bfmscale.sweep.design import expand, load_design
     from bfmscale.sweep.executors import dataset_for, make_executor
     from bfmscale.sweep.runner import run_sweep
@@ -89,6 +89,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         catalog = build_catalog(dataset_for(base), base.model.text_buckets)
     configs = expand(design, catalog)
     store = RunStore(Path(args.store))
+    if args.dry_run:
+        table = plan(configs, store)
+        todo = table["status"] != "done"
+        flops = sum(c.train.flops for c, t in zip(configs, todo) if t)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(f"sweep {design.name}: {len(table)} runs, {int((~todo).sum())} done, {int(todo.sum())} to run "
+              f"({flops:.3g} training FLOPs); nothing was run")
+        return 0
     executor = make_executor(args.executor, args.workers, args.threads, args.address)
     summary = run_sweep(design.name, configs, store, executor, retry_failed=args.retry_failed)
     table = collect(configs, store)
@@ -164,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the collected table (CSV) here")
     p.add_argument("--retry-failed", action="store_true", help="re-run runs that failed before")
     p.add_argument("--strict", action="store_true", help="exit 1 when any run failed")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the design's runs (state in the store, the settings that vary) and their FLOPs; run none")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("status", help="runs in the store by sweep and status, with FLOPs and wall time")

@@ -55,3 +55,11 @@ def store_status(store: RunStore) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     return df.groupby(["sweep", "status"], as_index=False).agg(runs=("status", "size"), flops=("flops", "sum"),
                                                                wall_time=("wall_time", "sum"))
+
+
+def plan(configs: list[RunConfig], store: RunStore) -> pd.DataFrame:
+    """A design's runs before training: key, state in the store, and the config settings that differ between runs."""
+    table = pd.DataFrame([{"key": run_key(c), "status": store.state(run_key(c)), **flatten(c.to_dict())}
+                          for c in configs])
+    varying = [c for c in table.columns[2:] if table[c].astype(str).nunique() > 1]
+    return table[["key", "status", *varying]]
