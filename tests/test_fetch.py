@@ -94,8 +94,9 @@ def test_read_registry_on_the_fetched_files(tmp_path, fake_wheel, fake_spec):
 
 
 @pytest.mark.parametrize("damage,expected", [
-    (lambda out: (out / "source.json").unlink(), "source.json: not found; expected a fetched dataset"),
+    (lambda out: (out / "source.json").unlink(), "source.json: file not found; expected a fetched dataset's record"),
     (lambda out: (out / "source.json").write_text("{"), "source.json: not valid JSON"),
+    (lambda out: (out / "source.json").write_text("[1]"), "source.json: the top level is a list; expected a mapping"),
     (lambda out: (out / "source.json").write_text('{"source": "ftp"}'), "source 'ftp' is unknown; expected registry"),
     (lambda out: (out / "ml-100k.inter").unlink(), "ml-100k.inter: file not found; expected a RecBole atomic file"),
     (lambda out: (out / "ml-100k.item").write_text("item_id:token\tclass:token_seq\n10\tAction\n"),

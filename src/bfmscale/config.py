@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -270,16 +271,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return apply_values(raw, pairs)
 
 
-def read_yaml_mapping(path: Path | str, what: str) -> dict[str, Any]:
-    """A YAML file holding a mapping (empty: {}); a missing file, bad YAML or another top level is a one-line error
-    naming the file and `what` was expected."""
+def read_mapping(path: Path | str, what: str, fmt: str = "yaml") -> dict[str, Any]:
+    """A YAML (or, with fmt="json", JSON) file holding a mapping (empty: {}); a missing file, a parse error or another
+    top level is a one-line error naming the file and `what` was expected."""
     path = Path(path)
     if not path.is_file():
         raise BfmError(f"{path}: file not found; expected {what}")
+    load, error = (json.loads, json.JSONDecodeError) if fmt == "json" else (yaml.safe_load, yaml.YAMLError)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise BfmError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); expected {what}") from None
+        raw = load(path.read_text())
+    except error as exc:
+        raise BfmError(f"{path}: not valid {fmt.upper()} ({str(exc).splitlines()[0]}); expected {what}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -291,7 +293,7 @@ def load_run_config(path: Path | str | None, overrides: list[str] = ()) -> RunCo
     """Read a YAML run config (or start from defaults), apply overrides, validate."""
     if path is None:
         return RunConfig.from_dict(apply_overrides({}, list(overrides)))
-    raw = read_yaml_mapping(path, "a YAML run config with model / train / data / seed")
+    raw = read_mapping(path, "a YAML run config with model / train / data / seed")
     try:
         return RunConfig.from_dict(apply_overrides(raw, list(overrides)))
     except BfmError as exc:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bfmscale.config import read_yaml_mapping
+from bfmscale.config import read_mapping
 from bfmscale.errors import BfmError
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -14,7 +14,7 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 def load_params(path: Path | str = DEFAULT_PARAMS) -> dict[str, Any]:
     """Read params.yaml as a dict, with a one-line error when it is missing, not YAML or not a mapping."""
-    return read_yaml_mapping(path, "the pipeline's params.yaml (profile, profiles, datasets, prepare)")
+    return read_mapping(path, "the pipeline's params.yaml (profile, profiles, datasets, prepare)")
 
 
 @dataclass(frozen=True)

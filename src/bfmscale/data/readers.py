@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from bfmscale.config import read_mapping
 from bfmscale.data.fetch import SOURCE_FILE
 from bfmscale.data.sources import REGISTRY
 from bfmscale.errors import BfmError
@@ -100,9 +101,9 @@ def infer_feature_type(values: pd.Series) -> str:
     return "categorical" if sample.astype(str).nunique() <= limit else "text"
 
 
-def read_parquet_source(raw_dir: Path) -> RawData:
-    """A team's own events.parquet (+ items.parquet); item feature types declared in params or inferred."""
-    record = json.loads((raw_dir / SOURCE_FILE).read_text())
+def read_parquet_source(raw_dir: Path, record: dict[str, Any]) -> RawData:
+    """A team's own events.parquet (+ items.parquet), given the fetch record; item feature types declared in params
+    or inferred."""
     events_path = raw_dir / "events.parquet"
     events = pd.read_parquet(events_path)
     src_events = record.get("events", {}).get("path", str(events_path))
@@ -133,17 +134,12 @@ def read_parquet_source(raw_dir: Path) -> RawData:
 def read_raw(raw_dir: Path) -> RawData:
     """Dispatch on the source recorded by the fetch stage."""
     src = raw_dir / SOURCE_FILE
-    if not src.is_file():
-        raise BfmError(f"{src}: not found; expected a fetched dataset (run `bfmscale fetch` first)")
-    try:
-        record = json.loads(src.read_text())
-    except json.JSONDecodeError as exc:
-        raise BfmError(f"{src}: not valid JSON ({exc}); expected the fetch stage's record: fetch again") from None
-    kind = record.get("source") if isinstance(record, dict) else None
+    record = read_mapping(src, "a fetched dataset's record (run `bfmscale fetch`)", fmt="json")
+    kind = record.get("source")
     if kind == "registry":
         return read_registry(record["dataset"], raw_dir)
     if kind == "url":
         return read_movielens_csv(raw_dir)
     if kind == "parquet":
-        return read_parquet_source(raw_dir)
+        return read_parquet_source(raw_dir, record)
     raise BfmError(f"{src}: source {kind!r} is unknown; expected registry, url or parquet")

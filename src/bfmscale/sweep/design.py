@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bfmscale.config import ModelConfig, RunConfig, apply_values, check, read_yaml_mapping, section_from_dict
+from bfmscale.config import ModelConfig, RunConfig, apply_values, check, read_mapping, section_from_dict
 from bfmscale.errors import BfmError
 from bfmscale.model.accounting import param_counts
 from bfmscale.model.catalog import ItemCatalog
@@ -120,7 +120,7 @@ class Design:
 
 def load_design(path: Path | str) -> Design:
     """Read a design YAML file."""
-    return Design.from_dict(read_yaml_mapping(path, "a sweep design with name, base, seeds, grid / isoflop / split"),
+    return Design.from_dict(read_mapping(path, "a sweep design with name, base, seeds, grid / isoflop / split"),
                             str(path))
 
 
