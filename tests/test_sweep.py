@@ -169,13 +169,13 @@ def test_readme_design_example_expands_as_it_says(caplog):
 
 def test_each_block_declares_exactly_the_keys_its_points_set(prepared):
     from bfmscale.data.dataset import load_prepared
-    from bfmscale.sweep.design import IsoflopSpec, SplitSpec, _isoflop_points, _split_points
+    from bfmscale.sweep.design import ISOFLOP_KEYS, SPLIT_KEYS, IsoflopSpec, SplitSpec, _isoflop_points, _split_points
 
     iso = _isoflop_points(IsoflopSpec(budgets=(1e12,), n_models=2))
     catalog = build_catalog(load_prepared(prepared / "synth"), 2048)
     split = _split_points(SplitSpec(shares=(0.3,), total_params=1e5), RunConfig(), catalog, 1)
-    for points, spec in ((iso, IsoflopSpec), (split, SplitSpec)):
-        assert all(sorted(k for k, _ in point) == sorted(spec.sets) for point in points)
+    for points, keys in ((iso, ISOFLOP_KEYS), (split, SPLIT_KEYS)):
+        assert all(sorted(k for k, _ in point) == sorted(keys) for point in points)
 
 
 def test_shape_for_hits_the_target_size():

@@ -22,7 +22,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class IsoflopSpec:
     """For each budget C, `n_models` transformer sizes log-evenly over [N*/spread, N*·spread], N* = sqrt(C / (6·tpp))."""
-
-    sets: ClassVar[tuple[str, ...]] = ("train.flops", "model.d_model", "model.n_layers", "model.n_heads", "model.d_ff")
 
     budgets: tuple[float, ...]
     n_models: int = 5
@@ -59,9 +57,6 @@ class IsoflopSpec:
 @dataclass(frozen=True)
 class SplitSpec:
     """Embedder shares s = N_emb / (N_emb + N_ctx) of a fixed total parameter count."""
-
-    sets: ClassVar[tuple[str, ...]] = ("model.embedder", "model.d_model", "model.n_layers", "model.n_heads", "model.d_ff",
-                                       "model.mlp_hidden", "model.d_feature", "model.id_dim")
 
     shares: tuple[float, ...]
     total_params: float
@@ -95,11 +90,11 @@ class Design:
         if self.isoflop and self.split:
             raise BfmError("isoflop and split both set the model's shape; expected one of them")
         # A block's keys would silently override the same keys in the grid.
-        for block, spec in (("isoflop", self.isoflop), ("split", self.split)):
-            clash = [key for key in self.grid if spec and key in spec.sets]
+        for block, spec, keys in (("isoflop", self.isoflop, ISOFLOP_KEYS), ("split", self.split, SPLIT_KEYS)):
+            clash = [key for key in self.grid if spec and key in keys]
             if clash:
                 raise BfmError(f"grid.{clash[0]} is set by the {block} block; expected keys it leaves alone "
-                               f"(it sets {', '.join(spec.sets)})")
+                               f"(it sets {', '.join(keys)})")
         # The base config, and each seed and grid value on it, must be a valid run config.
         points = [("base", [])] + [("seeds", [("seed", s)]) for s in self.seeds]
         points += [("grid", [(k, v)]) for k, values in self.grid.items() for v in values]
@@ -152,16 +147,23 @@ def _isoflop_points(spec: IsoflopSpec) -> list[Point]:
     return points
 
 
+def feature_widths(w: int) -> dict[str, int]:
+    """The feature embedder's widths at scale w: mlp_hidden = w, d_feature = w/8, id_dim = w/4."""
+    return {"mlp_hidden": w, "d_feature": max(1, w // 8), "id_dim": max(1, w // 4)}
+
+
+# The keys each block sets on a run (so a grid may not set them too).
+ISOFLOP_KEYS = ("train.flops", *(f"model.{k}" for k in shape_for(1.0)))
+SPLIT_KEYS = ("model.embedder", *(f"model.{k}" for k in {**shape_for(1.0), **feature_widths(1)}))
+
+
 def embedder_width_for(target: float, model: ModelConfig, catalog: ItemCatalog, n_event_features: int) -> dict[str, int]:
-    """Feature-embedder widths (mlp_hidden = w, d_feature = w/8, id_dim = w/4) whose parameter count is closest
-    to `target`; the count grows with w, so a bisection finds it."""
+    """Feature-embedder widths (`feature_widths`) whose parameter count is closest to `target`; the count grows with
+    w, so a bisection finds it."""
 
     def count(w: int) -> int:
-        cfg = ModelConfig(**{**model.__dict__, **widths(w)})
+        cfg = ModelConfig(**{**model.__dict__, **feature_widths(w)})
         return param_counts(cfg, catalog, n_event_features)["embedder"]
-
-    def widths(w: int) -> dict[str, int]:
-        return {"mlp_hidden": w, "d_feature": max(1, w // 8), "id_dim": max(1, w // 4)}
 
     lo, hi = 1, 1 << 14
     while lo < hi:
@@ -171,7 +173,7 @@ def embedder_width_for(target: float, model: ModelConfig, catalog: ItemCatalog, 
         else:
             hi = mid
     best = min((w for w in (max(1, lo - 1), lo)), key=lambda w: abs(count(w) - target))
-    return widths(best)
+    return feature_widths(best)
 
 
 def _split_points(spec: SplitSpec, base: RunConfig, catalog: ItemCatalog | None,
