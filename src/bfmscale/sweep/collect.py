@@ -59,7 +59,6 @@ def store_status(store: RunStore) -> pd.DataFrame:
 
 def plan(configs: list[RunConfig], store: RunStore) -> pd.DataFrame:
     """A design's runs before training: key, state in the store, and the config settings that differ between runs."""
-    keys = [run_key(c) for c in configs]
-    table = pd.DataFrame([{"key": k, "status": store.state(k), **flatten(c.to_dict())} for k, c in zip(keys, configs)])
-    varying = [c for c in table.columns[2:] if table[c].astype(str).nunique() > 1]
+    table = collect(configs, store)
+    varying = [c for c in flatten(configs[0].to_dict()) if table[c].astype(str).nunique() > 1]
     return table[["key", "status", *varying]]
