@@ -164,7 +164,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
         """Build from nested dicts; an unknown key or a mistyped value is an error naming it."""
-        return section_from_dict(cls, raw or {}, "")
+        return section_from_dict(cls, raw or {})
 
 
 def _jsonable(obj: Any) -> Any:
@@ -178,9 +178,14 @@ def _jsonable(obj: Any) -> Any:
 T = TypeVar("T")
 
 
-def section_from_dict(cls: type[T], raw: Any, prefix: str) -> T:
+def section_from_dict(cls: type[T], raw: Any, prefix: str = "", source: str | None = None) -> T:
     """A config dataclass from a YAML mapping; an unknown or missing key, or a value not of the field's type, is a
-    one-line error naming `prefix + key`."""
+    one-line error naming `prefix + key` (after `source: `, the file, when given)."""
+    if source is not None:
+        try:
+            return section_from_dict(cls, raw, prefix)
+        except BfmError as exc:
+            raise BfmError(f"{source}: {exc}") from None
     check(isinstance(raw, dict), prefix.rstrip(".") or "config", raw, "a mapping")
     _no_unknown(raw, cls, prefix)
     hints = typing.get_type_hints(cls)

@@ -50,10 +50,7 @@ class PrepareConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any], source: str = "params.yaml") -> PrepareConfig:
         """The `prepare:` section; an error names `source` and the key."""
-        try:
-            return section_from_dict(cls, params.get("prepare") or {}, "prepare.")
-        except BfmError as exc:
-            raise BfmError(f"{source}: {exc}") from None
+        return section_from_dict(cls, params.get("prepare") or {}, "prepare.", source)
 
 
 def encode(values: pd.Series) -> tuple[pd.Series, list[str]]:

@@ -107,10 +107,7 @@ class Design:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "design") -> Design:
         """Build and validate a design; an error names `source` and the key."""
-        try:
-            return section_from_dict(cls, raw, "")
-        except BfmError as exc:
-            raise BfmError(f"{source}: {exc}") from None
+        return section_from_dict(cls, raw, source=source)
 
 
 def load_design(path: Path | str) -> Design:
