@@ -36,7 +36,7 @@ QUALITY = SASREC + ["train.warmup_frac=0.01", "data.exclude_seen=true", "train.s
 def metrics_without_exclusion(cfg, ds, checkpoint: Path) -> dict[str, float]:
     """Reload the trained model and rank the full catalog with nothing excluded."""
     seqs = build_sequences(ds)
-    model = BehaviorModel(cfg.model, build_catalog(ds, cfg.model.text_buckets), len(seqs.feature_names))
+    model = BehaviorModel(cfg.model, build_catalog(ds, cfg.model.text_buckets), seqs.event_inputs)
     model.load_state_dict(torch.load(checkpoint, map_location="cpu"))
     return evaluate(model, seqs, "test", cfg.model.max_len, torch.device("cpu"), exclude_seen=False).metrics
 

@@ -93,8 +93,8 @@ class ConfigRun:
                  steps: int, compile: bool = False):
         torch.manual_seed(0)
         self.seqs, self.mc, self.tc, self.catalog, self.device, self.amp = seqs, mc, tc, catalog, device, amp
-        self.n_ev = len(seqs.feature_names)
-        self.model = BehaviorModel(mc, catalog, self.n_ev).to(device)
+        self.events = seqs.event_inputs
+        self.model = BehaviorModel(mc, catalog, self.events).to(device)
         ready_for_training(self.model, dataclasses.replace(tc, compile=compile))
         win = train_windows(seqs, mc.max_len)
         full = np.flatnonzero(win.lengths == mc.max_len + 1)  # full-length windows: the steady state of a long run
@@ -129,7 +129,7 @@ class ConfigRun:
             self.elapsed += time.perf_counter() - t
             shape = shape_of(self.sub, idx, self.seqs, count_unique=self.tc.objective == "inbatch")
             self.tokens += shape.targets
-            self.flops += step_flops(self.mc, self.tc, self.catalog, shape, self.n_ev)["total"]
+            self.flops += step_flops(self.mc, self.tc, self.catalog, shape, self.events)["total"]
         self.done += 1
         self.last = (items, feats)
 
@@ -178,7 +178,7 @@ def bench_precisions(ds, seqs, catalog, mc: ModelConfig, tc: TrainConfig, device
 def eval_throughput(seqs, catalog, d: int, device: torch.device) -> None:
     """Print users/s of full-catalog test ranking with one fixed configuration: ID embedder, L=2, T=200, fp32;
     timed after one warm-up batch."""
-    model = BehaviorModel(grid_model(d, 2, 200), catalog, len(seqs.feature_names)).to(device)  # eval: no dropout
+    model = BehaviorModel(grid_model(d, 2, 200), catalog, seqs.event_inputs).to(device)  # eval: no dropout
     # warm-up pass over the longest histories (first calls, allocator): on the Xeon of 2026-11-28 a cold pass ran
     # 433 users/s, the next three 544-582
     longest = np.argsort(seqs.lengths, kind="stable")[-512:]

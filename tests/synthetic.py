@@ -13,8 +13,9 @@ from bfmscale.data.readers import RawData
 
 
 def make_prepared(root: Path, n_users: int = 24, n_items: int = 40, min_len: int = 6, max_len: int = 30,
-                  seed: int = 0) -> PreparedDataset:
-    """Random users with item histories, ratings, and items with genres / year / title / a categorical."""
+                  seed: int = 0, event_extras: bool = False) -> PreparedDataset:
+    """Random users with item histories, ratings, and items with genres / year / title / a categorical;
+    `event_extras` adds a numeric event feature with gaps (`amount`) and a categorical one with gaps (`channel`)."""
     rng = np.random.default_rng(seed)
     rows = []
     for u in range(n_users):
@@ -24,6 +25,11 @@ def make_prepared(root: Path, n_users: int = 24, n_items: int = 40, min_len: int
         for it, t in zip(items, ts):
             rows.append({"user_id": f"u{u}", "item_id": f"i{it}", "timestamp": int(t), "rating": float(rng.integers(1, 6))})
     events = pd.DataFrame(rows)
+    if event_extras:
+        amount = rng.gamma(2.0, 20.0, len(events))
+        events["amount"] = np.where(rng.random(len(events)) < 0.15, np.nan, amount)
+        channel = rng.choice(["app", "pos", "web"], len(events)).astype(object)
+        events["channel"] = np.where(rng.random(len(events)) < 0.1, None, channel)
     genres = ["Action", "Comedy", "Drama", "Horror"]
     items = pd.DataFrame({
         "item_id": [f"i{i}" for i in range(n_items)],
@@ -34,6 +40,6 @@ def make_prepared(root: Path, n_users: int = 24, n_items: int = 40, min_len: int
     })
     raw = RawData(events=events, events_source="events.parquet", items=items, items_source="items.parquet",
                   item_features={"title": "text", "year": "numeric", "genres": "multi_categorical", "studio": "categorical"})
-    out = Path(root) / "synth"
+    out = Path(root) / ("synth-events" if event_extras else "synth")
     prepare(raw, out, PrepareConfig(min_history=5), "synth")
     return load_prepared(out)

@@ -11,7 +11,7 @@ from bfmscale.model.accounting import (StepShape, counted_flops, embedder_share,
                                        seed002_params, step_flops)
 from bfmscale.model import embedder as embedder_mod
 from bfmscale.model.bfm import BehaviorModel
-from bfmscale.model.catalog import build_catalog
+from bfmscale.model.catalog import EventInputs, build_catalog
 from bfmscale.train import fused_ce
 from bfmscale.train.data import build_sequences, gather, train_windows
 from bfmscale.train.loop import shape_of
@@ -21,8 +21,15 @@ from synthetic import make_prepared
 
 
 @pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    return make_prepared(tmp_path_factory.mktemp("acc"), n_users=16, n_items=50, min_len=10, max_len=60)
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("acc")
+    return {extras: make_prepared(root, n_users=16, n_items=50, min_len=10, max_len=60, event_extras=extras)
+            for extras in (False, True)}
+
+
+@pytest.fixture(scope="module")
+def ds(datasets):
+    return datasets[False]
 
 
 CASES = [
@@ -38,8 +45,10 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("embedder,objective,frozen,max_len,extra", CASES)
-def test_step_flops_match_flop_counter(ds, embedder, objective, frozen, max_len, extra, monkeypatch):
+@pytest.mark.parametrize("embedder,objective,frozen,max_len,extra,event_extras",
+                         [(*case, False) for case in CASES] + [("features", "full", False, 16, {}, True),
+                                                                ("features", "sampled", False, 40, {}, True)])
+def test_step_flops_match_flop_counter(datasets, embedder, objective, frozen, max_len, extra, event_extras, monkeypatch):
     # The accounting counts model FLOPs: the objective's K+1 candidates per target, the embedder's MLP per lookup.
     # The gather and per-lookup routes execute exactly those; the dense route for small catalogs does more FLOPs in
     # less time (tests/test_fused_ce.py), the catalog route fewer (tests/test_model.py).
@@ -49,10 +58,10 @@ def test_step_flops_match_flop_counter(ds, embedder, objective, frozen, max_len,
                      mlp_hidden=48, **extra)
     tc = TrainConfig(objective=objective, n_negatives=8, freeze_embedder=frozen, sampler="popularity")
     torch.manual_seed(0)
+    ds = datasets[event_extras]
     catalog = build_catalog(ds, mc.text_buckets)
     seqs = build_sequences(ds)
-    n_ev = len(seqs.feature_names) if embedder == "features" else 0
-    model = BehaviorModel(mc, catalog, n_ev)
+    model = BehaviorModel(mc, catalog, seqs.event_inputs)
     if frozen:
         model.freeze_embedder()
     win = train_windows(seqs, max_len)
@@ -68,7 +77,7 @@ def test_step_flops_match_flop_counter(ds, embedder, objective, frozen, max_len,
         n.append(count)
 
     counted = counted_flops(step)
-    analytic = step_flops(mc, tc, catalog, shape, n_ev)
+    analytic = step_flops(mc, tc, catalog, shape, seqs.event_inputs)
     assert n == [shape.targets]
     assert analytic["total"] == pytest.approx(counted, rel=0.02), analytic
     # Attention is a real share of it (the CPU SDPA mapping is in effect, not silently zero).
@@ -89,7 +98,7 @@ def test_frozen_embedder_gets_no_gradient(ds):
     mc = ModelConfig(embedder="features", d_model=32, n_heads=4, max_len=16)
     catalog = build_catalog(ds, mc.text_buckets)
     seqs = build_sequences(ds)
-    model = BehaviorModel(mc, catalog, len(seqs.feature_names))
+    model = BehaviorModel(mc, catalog, seqs.event_inputs)
     model.freeze_embedder()
     win = train_windows(seqs, 16)
     items, feats = gather(seqs, win.subset(np.arange(4)))
@@ -102,13 +111,14 @@ def test_frozen_embedder_gets_no_gradient(ds):
 
 
 @pytest.mark.parametrize("embedder,extra", [("id", {}), ("features", {}), ("features", {"id_buckets": 0}),
-                                            ("features", {"id_buckets": 11, "mlp_layers": 1})])
-def test_param_counts_match_built_model(ds, embedder, extra):
+                                            ("features", {"id_buckets": 11, "mlp_layers": 1}),
+                                            ("features", {"use_event_features": False})])
+@pytest.mark.parametrize("events", [EventInputs(), EventInputs(numeric=1), EventInputs(numeric=3, categorical=(4, 9))])
+def test_param_counts_match_built_model(ds, embedder, extra, events):
     mc = ModelConfig(embedder=embedder, d_model=32, n_heads=4, n_layers=3, d_ff=80, max_len=20, **extra)
     catalog = build_catalog(ds, mc.text_buckets)
-    n_ev = 1 if embedder == "features" else 0
-    model = BehaviorModel(mc, catalog, n_ev)
-    assert param_counts(mc, catalog, n_ev) == module_param_counts(model)
+    model = BehaviorModel(mc, catalog, events)
+    assert param_counts(mc, catalog, events) == module_param_counts(model)
     assert module_param_counts(model)["total"] == sum(p.numel() for p in model.parameters())
 
 

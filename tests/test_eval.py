@@ -41,7 +41,7 @@ def setup(tmp_path_factory):
     mc = ModelConfig(embedder="features", d_model=32, n_heads=4, max_len=8, dropout=0.0)
     torch.manual_seed(0)
     seqs = build_sequences(ds)
-    model = BehaviorModel(mc, build_catalog(ds, mc.text_buckets), len(seqs.feature_names))
+    model = BehaviorModel(mc, build_catalog(ds, mc.text_buckets), seqs.event_inputs)
     return model, seqs
 
 

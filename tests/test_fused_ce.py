@@ -286,9 +286,8 @@ def test_sampled_objective_through_the_table_equals_per_candidate_vectors(tmp_pa
     mc = ModelConfig(embedder=embedder, d_model=16, n_heads=2, d_ff=32, max_len=20, dropout=0.0, mlp_hidden=24)
     tc = TrainConfig(objective="sampled", n_negatives=9, sampler="popularity")
     catalog, seqs = build_catalog(ds, mc.text_buckets), build_sequences(ds)
-    n_ev = len(seqs.feature_names) if embedder == "features" else 0
     torch.manual_seed(0)
-    model = BehaviorModel(mc, catalog, n_ev)
+    model = BehaviorModel(mc, catalog, seqs.event_inputs)
     win = train_windows(seqs, mc.max_len)
     items, feats = gather(seqs, win.subset(np.arange(6)))
     assert (items[:, 1:] == 0).any()  # padded windows: the step's target rows must match the boolean-mask reference

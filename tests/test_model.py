@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.model import embedder as embedder_mod
 from bfmscale.model import transformer
 from bfmscale.model.bfm import BehaviorModel
-from bfmscale.model.catalog import build_catalog, hash_tokens
+from bfmscale.model.catalog import EventInputs, build_catalog, build_event_features, hash_tokens
 from bfmscale.model.transformer import causal_attention, layer_dropouts
 from bfmscale.train.negatives import NegativeSampler
 from bfmscale.train.step import Objective
@@ -25,7 +26,7 @@ def ds(tmp_path_factory):
 def test_outputs_do_not_depend_on_padding_or_batch(ds, embedder):
     mc = ModelConfig(embedder=embedder, d_model=32, n_heads=4, max_len=20, dropout=0.0)
     torch.manual_seed(0)
-    model = BehaviorModel(mc, build_catalog(ds, mc.text_buckets), 1 if embedder == "features" else 0).eval()
+    model = BehaviorModel(mc, build_catalog(ds, mc.text_buckets), EventInputs(numeric=1)).eval()
     user = torch.tensor([[3, 7, 1, 9, 4]])
     feats = torch.tensor([[[0.5], [-1.0], [0.0], [1.5], [0.2]]])
     alone = model.context(model.item_vectors(user), feats if embedder == "features" else None)
@@ -48,7 +49,7 @@ def test_context_at_last_positions_equals_the_full_pass(ds, layers, amp):
     bf16 autocast."""
     mc = ModelConfig(embedder="features", d_model=32, n_heads=4, n_layers=layers, max_len=20, dropout=0.0)
     torch.manual_seed(0)
-    model = BehaviorModel(mc, build_catalog(ds, mc.text_buckets), 1).eval()
+    model = BehaviorModel(mc, build_catalog(ds, mc.text_buckets), EventInputs(numeric=1)).eval()
     items = torch.zeros(3, 12, dtype=torch.long)
     items[0, :11], items[1, :5], items[2, :1] = torch.arange(1, 12), torch.tensor([3, 7, 1, 9, 4]), 6
     last = torch.tensor([10, 4, 0])
@@ -243,3 +244,43 @@ def test_feature_step_embeds_items_once(ds, objective, monkeypatch):
     loss, _ = obj.loss(model, items, None)
     loss.backward()
     assert calls == [catalog.n_items + 1]
+
+
+@pytest.fixture(scope="module")
+def rich(tmp_path_factory):
+    return make_prepared(tmp_path_factory.mktemp("rich"), n_users=10, n_items=30, event_extras=True)
+
+
+def test_event_features_layout_gaps_and_codes(rich):
+    """Numeric event features z-scored on training events (0 where missing), a missing flag for the one with gaps,
+    then the categorical codes (0 where missing), checked against pandas."""
+    feats, inputs = build_event_features(rich)
+    ev = rich.events
+    assert inputs == EventInputs(numeric=3, categorical=(len(rich.vocab["event.channel"]) + 1,))
+    assert feats.shape == (len(ev), 4) and torch.isfinite(feats).all()
+    train = ev["loo"] == "train"
+    numeric = [c for c, t in rich.features["event"].items() if t == "numeric"]  # the layout's order
+    assert sorted(numeric) == ["amount", "rating"]
+    for j, col in enumerate(numeric):
+        x = ev[col].astype("float64")
+        expected = ((x - x[train].mean()) / x[train].std(ddof=0)).fillna(0.0)
+        assert np.allclose(feats[:, j].numpy(), expected.to_numpy(), atol=1e-5)
+    assert ev["amount"].isna().any() and not ev["rating"].isna().any()
+    assert feats[:, 2].numpy().tolist() == ev["amount"].isna().astype(float).tolist()
+    assert feats[:, 3].numpy().tolist() == ev["channel"].astype(float).tolist()
+    assert (ev["channel"] == 0).any()  # the gaps became code 0
+
+
+def test_event_embedder_adds_numeric_projection_and_code_embeddings(rich):
+    feats, inputs = build_event_features(rich)
+    mc = ModelConfig(embedder="features", d_model=16, n_heads=2)
+    emb = BehaviorModel(mc, build_catalog(rich, mc.text_buckets), inputs).embedder
+    v = torch.randn(2, 5, 16)
+    f = feats[:10].reshape(2, 5, 4)
+    table = emb.event_tables[0].weight
+    assert torch.count_nonzero(table[0]) == 0  # a missing code adds nothing
+    expected = v + f[..., :3] @ emb.event_proj.weight.T + emb.event_proj.bias + table[f[..., 3].long()]
+    assert torch.allclose(emb.events(v, f), expected, atol=1e-6)
+    off = BehaviorModel(ModelConfig(embedder="features", d_model=16, n_heads=2, use_event_features=False),
+                        build_catalog(rich, mc.text_buckets), inputs).embedder
+    assert torch.equal(off.events(v, f), v)

@@ -19,7 +19,7 @@ import yaml
 from bfmscale.config import ModelConfig, RunConfig, load_run_config
 from bfmscale.errors import BfmError
 from bfmscale.model.accounting import embedder_share, param_counts
-from bfmscale.model.catalog import build_catalog
+from bfmscale.model.catalog import EventInputs, build_catalog
 from bfmscale.sweep import store as store_mod
 from bfmscale.sweep.collect import collect, store_status
 from bfmscale.sweep.design import Design, expand, load_design, shape_for
@@ -173,7 +173,7 @@ def test_each_block_declares_exactly_the_keys_its_points_set(prepared):
 
     iso = _isoflop_points(IsoflopSpec(budgets=(1e12,), n_models=2))
     catalog = build_catalog(load_prepared(prepared / "synth"), 2048)
-    split = _split_points(SplitSpec(shares=(0.3,), total_params=1e5), RunConfig(), catalog, 1)
+    split = _split_points(SplitSpec(shares=(0.3,), total_params=1e5), RunConfig(), catalog, EventInputs(numeric=1))
     for points, keys in ((iso, ISOFLOP_KEYS), (split, SPLIT_KEYS)):
         assert all(sorted(k for k, _ in point) == sorted(keys) for point in points)
 
@@ -192,7 +192,7 @@ def test_split_design_reaches_each_share(prepared):
     d = Design.from_dict({"name": "split", "base": {"model": {"text_buckets": 2048}},
                           "split": {"shares": [0.05, 0.2, 0.5], "total_params": 2e6}})
     for cfg, target in zip(expand(d, catalog), (0.05, 0.2, 0.5)):
-        counts = param_counts(cfg.model, catalog, 1)
+        counts = param_counts(cfg.model, catalog)
         assert embedder_share(counts) == pytest.approx(target, rel=0.25)
 
 

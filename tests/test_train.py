@@ -176,6 +176,24 @@ def test_divergence_stops_the_run_with_an_error_naming_the_step(ds, monkeypatch)
         train_run(cfg("train.n_evals=0"), ds)
 
 
+def test_event_features_with_gaps_train_and_count(tmp_path):
+    """Numeric event features with missing values and categorical ones both reach a feature model: the run trains to
+    finite metrics (a gap once made every loss nan), and its parameter count includes the code tables."""
+    from bfmscale.model.accounting import param_counts
+    from bfmscale.model.catalog import EventInputs, build_catalog
+
+    rich = make_prepared(tmp_path, n_users=20, n_items=40, min_len=6, max_len=40, event_extras=True)
+    inputs = build_sequences(rich).event_inputs
+    assert inputs.numeric == 3 and len(inputs.categorical) == 1
+    res = train_run(cfg("model.embedder=features"), rich)
+    assert all(np.isfinite(v) for v in res.metrics.values()) and np.isfinite(res.curve["loss"]).all()
+    mc = load_run_config(None, ["model.embedder=features", "model.d_model=16", "model.n_heads=2", "model.d_ff=32",
+                                "model.max_len=12"]).model
+    catalog = build_catalog(rich, mc.text_buckets)
+    assert res.info["params"] == param_counts(mc, catalog, inputs)
+    assert res.info["params"]["embedder"] > param_counts(mc, catalog, EventInputs(numeric=3))["embedder"]
+
+
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
                     reason="torch.compile (inductor) on CPU needs a C++ compiler")
 def test_compiled_run_matches_eager_and_checkpoint_loads(ds, tmp_path):
@@ -341,7 +359,7 @@ def test_training_step_never_builds_all_logits_or_candidate_vectors(tmp_path, mo
     n_items = catalog.n_items  # the synthetic users leave some items unseen
     monkeypatch.setattr(fused_ce, "CHUNK_BYTES", 4 * n_items * 16)  # about 16 targets per dense chunk
     torch.manual_seed(0)
-    model = BehaviorModel(mc, catalog, len(seqs.feature_names) if embedder == "features" else 0)
+    model = BehaviorModel(mc, catalog, seqs.event_inputs)
     if frozen:
         model.freeze_embedder()
     items, feats = gather(seqs, train_windows(seqs, mc.max_len).subset(np.arange(64)))

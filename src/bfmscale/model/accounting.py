@@ -17,7 +17,7 @@ from torch.utils import flop_counter as fcm
 from torch.utils.flop_counter import FlopCounterMode
 
 from bfmscale.config import ModelConfig, TrainConfig
-from bfmscale.model.catalog import ItemCatalog
+from bfmscale.model.catalog import EventInputs, ItemCatalog
 from bfmscale.model.embedder import mlp_dims
 
 
@@ -49,7 +49,7 @@ class StepShape:
     unique_targets: int = 0
 
 
-def param_counts(cfg: ModelConfig, catalog: ItemCatalog, n_event_features: int = 0) -> dict[str, int]:
+def param_counts(cfg: ModelConfig, catalog: ItemCatalog, events: EventInputs = EventInputs()) -> dict[str, int]:
     """Analytic parameter counts: embedder, transformer (non-embedding), positions, head (tied: 0), total."""
     d, ff, L = cfg.d_model, cfg.d_ff, cfg.n_layers
     n = catalog.n_items + 1
@@ -61,8 +61,8 @@ def param_counts(cfg: ModelConfig, catalog: ItemCatalog, n_event_features: int =
                                      + len(catalog.text) * (cfg.text_buckets + 1))
         dims = mlp_dims(cfg, catalog)
         embedder += sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
-        if n_event_features and cfg.use_event_features:
-            embedder += n_event_features * d + d
+        if cfg.use_event_features:
+            embedder += (events.numeric * d + d if events.numeric else 0) + sum(events.categorical) * d
     block = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (d * ff + ff) + (ff * d + d)
     transformer = L * block + 2 * d
     positions = cfg.max_len * d
@@ -90,7 +90,7 @@ def module_param_counts(model: nn.Module) -> dict[str, int]:
 
 
 def step_flops(cfg: ModelConfig, train: TrainConfig, catalog: ItemCatalog, shape: StepShape,
-               n_event_features: int = 0) -> dict[str, float]:
+               events: EventInputs = EventInputs()) -> dict[str, float]:
     """Analytic FLOPs of one training step (forward + backward) by part: embedder, transformer, attention, scoring."""
     d, ff, L = cfg.d_model, cfg.d_ff, cfg.n_layers
     B, T, N = shape.batch, shape.seq_len, shape.targets
@@ -115,8 +115,8 @@ def step_flops(cfg: ModelConfig, train: TrainConfig, catalog: ItemCatalog, shape
         if not frozen:
             emb_fwd += apps * mlp
             emb_bwd += 2 * apps * mlp - (0 if has_tables else apps * first)
-        if n_event_features and cfg.use_event_features:
-            proj = 2 * P * n_event_features * d
+        if events.numeric and cfg.use_event_features:  # categorical event features: gathers (0)
+            proj = 2 * P * events.numeric * d
             emb_fwd += proj
             emb_bwd += 0 if frozen else proj  # weight gradient only: the event features need none
 

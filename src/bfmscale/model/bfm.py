@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bfmscale.config import ModelConfig
-from bfmscale.model.catalog import ItemCatalog
+from bfmscale.model.catalog import EventInputs, ItemCatalog
 from bfmscale.model.embedder import EventEmbedder
 from bfmscale.model.transformer import Contextualizer
 
@@ -15,10 +15,10 @@ from bfmscale.model.transformer import Contextualizer
 class BehaviorModel(nn.Module):
     """Embedder and contextualizer; after `freeze_embedder()` item vectors come from a cache of the whole catalog."""
 
-    def __init__(self, cfg: ModelConfig, catalog: ItemCatalog, n_event_features: int = 0) -> None:
+    def __init__(self, cfg: ModelConfig, catalog: ItemCatalog, events: EventInputs = EventInputs()) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embedder = EventEmbedder(cfg, catalog, n_event_features if cfg.embedder == "features" else 0)
+        self.embedder = EventEmbedder(cfg, catalog, events if cfg.embedder == "features" else EventInputs())
         self.contextualizer = Contextualizer(cfg)
         self.cache: torch.Tensor | None = None
 

@@ -1,8 +1,10 @@
-"""Item catalog as tensors: every item's features, indexed by item code (row 0 = padding)."""
+"""The dataset's features as model inputs: the item catalog (every item's features by item code, row 0 = padding)
+and the events' own features (one row per event)."""
 
 from __future__ import annotations
 
 import re
+import warnings
 import zlib
 from dataclasses import dataclass, field
 
@@ -10,6 +12,7 @@ import numpy as np
 import torch
 
 from bfmscale.data.dataset import PreparedDataset
+from bfmscale.errors import BfmError
 
 TOKEN = re.compile(r"[a-z0-9]+")
 MAX_TEXT_TOKENS = 16
@@ -46,6 +49,18 @@ class ItemCatalog:
         return 0 if self.numeric is None else int(self.numeric.shape[1])
 
 
+def zscore(vals: np.ndarray, fit: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Columns z-scored with the mean and std of the rows `fit` (default: all), 0 where missing; and the missing mask."""
+    missing = np.isnan(vals)
+    ref = vals if fit is None else vals[fit]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column with no values: mean 0, std 1
+        mean, std = np.nanmean(ref, axis=0), np.nanstd(ref, axis=0)
+    mean = np.where(np.isnan(mean), 0.0, mean)
+    std = np.where(np.isnan(std) | (std == 0), 1.0, std)
+    return np.where(missing, 0.0, (vals - mean) / std), missing
+
+
 def build_catalog(ds: PreparedDataset, text_buckets: int) -> ItemCatalog:
     """Tensorize the prepared items table; popularity counts come from leave-last-out training events only."""
     items = ds.items
@@ -64,13 +79,50 @@ def build_catalog(ds: PreparedDataset, text_buckets: int) -> ItemCatalog:
         else:
             cat.text[col] = _pad([[]] + [hash_tokens(t, text_buckets) for t in items[col]])
     if numeric_cols:
-        vals = items[numeric_cols].to_numpy(dtype=np.float64)
-        missing = np.isnan(vals)
-        mean = np.nanmean(np.where(missing, np.nan, vals), axis=0)
-        std = np.nanstd(np.where(missing, np.nan, vals), axis=0)
-        z = np.where(missing, 0.0, (vals - mean) / np.where(std > 0, std, 1.0))
+        z, missing = zscore(items[numeric_cols].to_numpy(dtype=np.float64))
         block = np.concatenate([z, missing.astype(np.float64)], axis=1).astype(np.float32)
         cat.numeric = torch.cat([torch.zeros(1, block.shape[1]), torch.from_numpy(block)])
     train = ds.events[ds.events["loo"] == "train"]["item"].to_numpy()
     cat.popularity = torch.from_numpy(np.bincount(train, minlength=n + 1).astype(np.float64))
     return cat
+
+
+# Event codes travel in the float32 feature tensor beside the numeric columns; float32 holds integers exactly to 2**24.
+MAX_EVENT_CODES = 2**24
+
+
+@dataclass(frozen=True)
+class EventInputs:
+    """How a history event's own features reach the model: `numeric` float columns (z-scored values, then a missing
+    flag for each feature that has gaps), then one code column per categorical feature (0 = missing)."""
+
+    numeric: int = 0
+    categorical: tuple[int, ...] = ()  # embedding rows per categorical feature: its vocabulary + 1
+
+    @property
+    def width(self) -> int:
+        return self.numeric + len(self.categorical)
+
+
+def build_event_features(ds: PreparedDataset) -> tuple[torch.Tensor | None, EventInputs]:
+    """[E, width] float32 event features in the prepared events' order (None if there are none), and their layout.
+    Numeric features are z-scored with leave-last-out training events' mean and std."""
+    ev = ds.events
+    numeric = [c for c, t in ds.features["event"].items() if t == "numeric"]
+    categorical = [c for c, t in ds.features["event"].items() if t == "categorical"]
+    blocks = []
+    if numeric:
+        z, missing = zscore(ev[numeric].to_numpy(dtype=np.float64), (ev["loo"] == "train").to_numpy())
+        blocks += [z, missing[:, missing.any(axis=0)]]
+    n_numeric = sum(b.shape[1] for b in blocks)
+    sizes = []
+    for c in categorical:
+        sizes.append(len(ds.vocab[f"event.{c}"]) + 1)
+        if sizes[-1] > MAX_EVENT_CODES:
+            raise BfmError(f"{ds.path}: event feature {c!r} has {sizes[-1] - 1:,} distinct values; expected at most "
+                           f"{MAX_EVENT_CODES - 1:,} for a categorical event feature")
+        blocks.append(ev[c].to_numpy(dtype=np.float64)[:, None])
+    inputs = EventInputs(numeric=n_numeric, categorical=tuple(sizes))
+    if not blocks:
+        return None, inputs
+    return torch.from_numpy(np.concatenate(blocks, axis=1).astype(np.float32)), inputs

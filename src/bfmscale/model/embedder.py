@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from bfmscale.config import ModelConfig
-from bfmscale.model.catalog import ItemCatalog
+from bfmscale.model.catalog import EventInputs, ItemCatalog
 
 # A feature embedder asked for more vectors than this many times the catalog's rows embeds every item once and
 # gathers (same values and gradients: item vectors depend on the item alone). Sampled negatives ask for N*K vectors of
@@ -20,16 +20,22 @@ CATALOG_ROUTE_RATIO = 1.0
 
 
 class EventEmbedder(nn.Module):
-    """Maps item codes [...] to vectors [..., d_model]; `event_features` adds a projection of per-event features."""
+    """Maps item codes [...] to vectors [..., d_model]; `events` adds the event's own features to history events."""
 
-    def __init__(self, cfg: ModelConfig, catalog: ItemCatalog, n_event_features: int = 0) -> None:
+    def __init__(self, cfg: ModelConfig, catalog: ItemCatalog, events: EventInputs = EventInputs()) -> None:
         super().__init__()
         self.cfg = cfg
         self.mode = cfg.embedder
         self.n_items = catalog.n_items  # real items I (codes 1..I)
         n = catalog.n_items + 1
         d = cfg.d_model
-        self.event_proj = nn.Linear(n_event_features, d) if (n_event_features and cfg.use_event_features) else None
+        use = cfg.use_event_features
+        self.n_event_numeric = events.numeric if use else 0
+        self.event_proj = nn.Linear(events.numeric, d) if self.n_event_numeric else None
+        self.event_tables = nn.ModuleList(nn.Embedding(rows, d, padding_idx=0) for rows in (events.categorical if use else ()))
+        for t in self.event_tables:  # small, like the ID table: they add to the residual stream directly
+            nn.init.normal_(t.weight, std=0.02)
+            t.weight.data[0] = 0.0
         if self.mode == "id":
             self.item = nn.Embedding(n, d, padding_idx=0)
             nn.init.normal_(self.item.weight, std=0.02)
@@ -96,10 +102,16 @@ class EventEmbedder(nn.Module):
         return self.mlp(torch.cat(parts, dim=-1))
 
     def events(self, item_vecs: torch.Tensor, event_features: torch.Tensor | None) -> torch.Tensor:
-        """History-event vectors: item vector plus a projection of the event's own features (if enabled)."""
-        if self.event_proj is None or event_features is None:
+        """History-event vectors: item vector plus a projection of the event's numeric features and an embedding per
+        categorical one (if enabled; `EventInputs` gives the columns' layout)."""
+        if event_features is None:
             return item_vecs
-        return item_vecs + self.event_proj(event_features)
+        n = self.n_event_numeric
+        if self.event_proj is not None:
+            item_vecs = item_vecs + self.event_proj(event_features[..., :n])
+        for j, table in enumerate(self.event_tables):
+            item_vecs = item_vecs + table(event_features[..., n + j].long())
+        return item_vecs
 
 
 def feature_input_dim(cfg: ModelConfig, catalog: ItemCatalog) -> int:

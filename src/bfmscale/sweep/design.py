@@ -29,7 +29,7 @@ import numpy as np
 from bfmscale.config import ModelConfig, RunConfig, apply_values, check, read_mapping, section_from_dict
 from bfmscale.errors import BfmError
 from bfmscale.model.accounting import param_counts
-from bfmscale.model.catalog import ItemCatalog
+from bfmscale.model.catalog import EventInputs, ItemCatalog
 from bfmscale.sweep.store import run_key
 
 log = logging.getLogger(__name__)
@@ -154,13 +154,13 @@ ISOFLOP_KEYS = ("train.flops", *(f"model.{k}" for k in shape_for(1.0)))
 SPLIT_KEYS = ("model.embedder", *(f"model.{k}" for k in {**shape_for(1.0), **feature_widths(1)}))
 
 
-def embedder_width_for(target: float, model: ModelConfig, catalog: ItemCatalog, n_event_features: int) -> dict[str, int]:
+def embedder_width_for(target: float, model: ModelConfig, catalog: ItemCatalog, events: EventInputs) -> dict[str, int]:
     """Feature-embedder widths (`feature_widths`) whose parameter count is closest to `target`; the count grows with
     w, so a bisection finds it."""
 
     def count(w: int) -> int:
         cfg = ModelConfig(**{**model.__dict__, **feature_widths(w)})
-        return param_counts(cfg, catalog, n_event_features)["embedder"]
+        return param_counts(cfg, catalog, events)["embedder"]
 
     lo, hi = 1, 1 << 14
     while lo < hi:
@@ -173,21 +173,21 @@ def embedder_width_for(target: float, model: ModelConfig, catalog: ItemCatalog, 
     return feature_widths(best)
 
 
-def _split_points(spec: SplitSpec, base: RunConfig, catalog: ItemCatalog | None,
-                  n_event_features: int) -> list[Point]:
+def _split_points(spec: SplitSpec, base: RunConfig, catalog: ItemCatalog | None, events: EventInputs) -> list[Point]:
     if catalog is None:
         raise BfmError("split design: needs the dataset's item catalog (pass the prepared dataset)")
     points = []
     for s in spec.shares:
         shape = shape_for((1 - s) * spec.total_params, spec.aspect, spec.head_dim)
         model = ModelConfig(**{**base.model.__dict__, "embedder": "features", **shape})
-        widths = embedder_width_for(s * spec.total_params, model, catalog, n_event_features)
+        widths = embedder_width_for(s * spec.total_params, model, catalog, events)
         points.append([("model.embedder", "features")] + [(f"model.{k}", v) for k, v in {**shape, **widths}.items()])
     return points
 
 
-def expand(design: Design, catalog: ItemCatalog | None = None, n_event_features: int = 1) -> list[RunConfig]:
-    """All run configs of a design, validated, without duplicates (by run key), in a stable order."""
+def expand(design: Design, catalog: ItemCatalog | None = None, events: EventInputs = EventInputs()) -> list[RunConfig]:
+    """All run configs of a design, validated, without duplicates (by run key), in a stable order; a split design
+    needs the dataset's item catalog and event inputs (`build_catalog`, `build_event_features`)."""
     base = RunConfig.from_dict(design.base)
     axes: list[list[Point]] = []
     if design.grid:
@@ -196,7 +196,7 @@ def expand(design: Design, catalog: ItemCatalog | None = None, n_event_features:
     if design.isoflop:
         axes.append(_isoflop_points(design.isoflop))
     if design.split:
-        axes.append(_split_points(design.split, base, catalog, n_event_features))
+        axes.append(_split_points(design.split, base, catalog, events))
     combos = [sum(parts, []) for parts in itertools.product(*axes)] if axes else [[]]
     configs, seen = [], set()
     for seed in design.seeds:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from bfmscale.data.dataset import PreparedDataset
+from bfmscale.model.catalog import EventInputs, build_event_features
 
 
 @dataclass
@@ -20,9 +21,9 @@ class Sequences:
     """All users' chronological events, concatenated; `offsets[u]` is where user u (0-based row) starts."""
 
     items: torch.Tensor  # [E] int64 item codes
-    features: torch.Tensor | None  # [E, F] float32 event features (z-scored numeric), or None
+    features: torch.Tensor | None  # [E, F] float32 event features, laid out as `event_inputs` says, or None
     offsets: np.ndarray  # [U + 1]
-    feature_names: list[str]
+    event_inputs: EventInputs
 
     @property
     def n_users(self) -> int:
@@ -38,15 +39,9 @@ def build_sequences(ds: PreparedDataset) -> Sequences:
     ev = ds.events
     users = ev["user"].to_numpy()
     offsets = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=ds.n_users + 1)[1:])])
-    names = [c for c, t in ds.features["event"].items() if t == "numeric"]
-    feats = None
-    if names:
-        train = (ev["loo"] == "train").to_numpy()
-        vals = ev[names].to_numpy(dtype=np.float64)
-        mean, std = vals[train].mean(axis=0), vals[train].std(axis=0)
-        feats = torch.from_numpy(((vals - mean) / np.where(std > 0, std, 1.0)).astype(np.float32))
+    feats, inputs = build_event_features(ds)
     return Sequences(items=torch.from_numpy(ev["item"].to_numpy().astype(np.int64)), features=feats,
-                     offsets=offsets.astype(np.int64), feature_names=names)
+                     offsets=offsets.astype(np.int64), event_inputs=inputs)
 
 
 @dataclass
@@ -87,7 +82,7 @@ def eval_windows(seqs: Sequences, max_len: int, which: str) -> tuple[Windows, to
 
 
 def gather(seqs: Sequences, win: Windows, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Right-padded [B, width] item codes (0 = pad) and [B, width, F] features for a set of windows."""
+    """Right-padded [B, width] item codes (0 = pad) and [B, width, F] features (0 = pad, also for codes)."""
     width = int(win.lengths.max()) if width is None else width
     pos = torch.arange(width)
     starts = torch.from_numpy(win.starts).unsqueeze(1)

@@ -196,8 +196,8 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
     if tc.objective == "sampled" and tc.n_negatives >= catalog.n_items:
         raise BfmError(f"train.n_negatives is {tc.n_negatives}; expected fewer than the catalog's {catalog.n_items} items")
     seqs = build_sequences(ds)
-    n_ev = len(seqs.feature_names)  # model and accounting use them only for a feature embedder that asks for them
-    model = BehaviorModel(mc, catalog, n_ev)
+    events = seqs.event_inputs  # model and accounting use them only for a feature embedder that asks for them
+    model = BehaviorModel(mc, catalog, events)
     if tc.init_from:
         path = Path(tc.init_from)
         if not path.is_file():
@@ -215,11 +215,11 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
                            "saved with the same model settings") from None
     model.to(device)
     ready_for_training(model, tc)
-    counts = param_counts(mc, catalog, n_ev)
+    counts = param_counts(mc, catalog, events)
     reset_peak_memory(device)
 
     win = train_windows(seqs, mc.max_len)
-    flops_fn = lambda shape: step_flops(mc, tc, catalog, shape, n_ev)["total"]  # noqa: E731
+    flops_fn = lambda shape: step_flops(mc, tc, catalog, shape, events)["total"]  # noqa: E731
     plan, epochs = plan_steps(cfg, win, seqs, flops_fn, rng)
     total_flops = sum(s.flops for s in plan)
     total_tokens = sum(s.shape.targets for s in plan)
