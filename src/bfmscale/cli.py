@@ -1,4 +1,4 @@
-"""`bfmscale` command line: fetch, prepare, notebook (and, later, run / sweep / fit / report)."""
+"""`bfmscale` command line: fetch, prepare, run, sweep, status, notebook."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from bfmscale.atomic import atomic_path
-    from bfmscale.model.catalog import build_catalog
+    from bfmscale.model.catalog import EventInputs, build_catalog, build_event_features
     from bfmscale.sweep.collect import collect, plan
     from bfmscale.sweep.design import expand, load_design
     from bfmscale.sweep.executors import dataset_for, make_executor
@@ -81,13 +81,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from bfmscale.sweep.store import RunStore
 
     design = load_design(args.design)
-    catalog = None
+    catalog, events = None, EventInputs()
     if design.split:
         from bfmscale.config import RunConfig
 
         base = RunConfig.from_dict(design.base)
-        catalog = build_catalog(dataset_for(base), base.model.text_buckets)
-    configs = expand(design, catalog)
+        ds = dataset_for(base)
+        catalog, (_, events) = build_catalog(ds, base.model.text_buckets), build_event_features(ds)
+    configs = expand(design, catalog, events)
     store = RunStore(Path(args.store))
     if args.dry_run:
         table = plan(configs, store)
@@ -143,15 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--profile", default=None, help="profile to use (default: params' `profile`)")
         p.add_argument("--dataset", default=None, help="dataset name (default: the profile's)")
 
+    def raw_root(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--raw", default="data/raw", help="raw data root (default: data/raw)")
+
     p = sub.add_parser("fetch", help="download and verify the profile's dataset into data/raw/<dataset>/")
     common(p)
-    p.add_argument("--raw", default="data/raw")
+    raw_root(p)
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("prepare", help="write the canonical dataset to data/prepared/<dataset>/")
     common(p)
-    p.add_argument("--raw", default="data/raw")
-    p.add_argument("--out", default="data/prepared")
+    raw_root(p)
+    p.add_argument("--out", default="data/prepared", help="prepared data root (default: data/prepared)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("run", help="train and evaluate one config: bfmscale run [config.yaml] [key=value ...]")
