@@ -184,16 +184,34 @@ def test_shape_for_hits_the_target_size():
         assert 0.3 < 12 * s["n_layers"] * s["d_model"] ** 2 / n < 3
 
 
-def test_split_design_reaches_each_share(prepared):
+@pytest.mark.parametrize("total", [2e5, 2e6])
+@pytest.mark.parametrize("events", [EventInputs(), EventInputs(numeric=2, categorical=(6,))])
+def test_split_design_reaches_each_share(prepared, total, events, caplog):
+    """The share is met to within 10% even where the aspect rule gives every share the same contextualizer (2e5)."""
     from bfmscale.data.dataset import load_prepared
 
     ds = load_prepared(prepared / "synth")
     catalog = build_catalog(ds, 2048)
+    shares = (0.02, 0.05, 0.2, 0.5)
     d = Design.from_dict({"name": "split", "base": {"model": {"text_buckets": 2048}},
-                          "split": {"shares": [0.05, 0.2, 0.5], "total_params": 2e6}})
-    for cfg, target in zip(expand(d, catalog), (0.05, 0.2, 0.5)):
-        counts = param_counts(cfg.model, catalog)
-        assert embedder_share(counts) == pytest.approx(target, rel=0.25)
+                          "split": {"shares": list(shares), "total_params": total}})
+    with caplog.at_level("WARNING", logger="bfmscale.sweep.design"):
+        configs = expand(d, catalog, events)
+    assert not caplog.records
+    for cfg, target in zip(configs, shares):
+        counts = param_counts(cfg.model, catalog, events)
+        assert embedder_share(counts) == pytest.approx(target, rel=0.1)
+        assert total / 2 < counts["total"] < total * 2
+
+
+def test_split_share_out_of_reach_is_reported(prepared, caplog):
+    from bfmscale.data.dataset import load_prepared
+
+    catalog = build_catalog(load_prepared(prepared / "synth"), 2048)
+    d = Design.from_dict({"name": "split", "split": {"shares": [1e-4, 0.2], "total_params": 2e5}})
+    with caplog.at_level("WARNING", logger="bfmscale.sweep.design"):
+        expand(d, catalog)
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["split share 0.0001"]
 
 
 def test_sweep_runs_skips_done_and_collects(prepared, tmp_path):

@@ -10,7 +10,8 @@ A design has a `name`, a `base` run config (nested like RunConfig), `seeds`, a `
            from training to C.
   split:   {shares: [...], total_params}           embedder share s = N_emb / (N_emb + N_ctx) at a fixed total:
            the contextualizer takes (1 - s)·total by the aspect rule, the feature embedder's width is searched so
-           that it holds s·total.
+           that it holds s/(1 - s) of the contextualizer's exact count: s is met up to the width's granularity
+           (a share it misses by more than 10% is reported), the total moves with the aspect rule's rounding.
 Aspect rule (one for every design): with N = 12·L·d² (non-embedding) and d = aspect·L, d = (N·aspect/12)^(1/3)
 rounded to a multiple of head_dim, L = max(1, round(d / aspect)), heads = d / head_dim, d_ff = 4·d.
 """
@@ -28,7 +29,7 @@ import numpy as np
 
 from bfmscale.config import ModelConfig, RunConfig, apply_values, check, read_mapping, section_from_dict
 from bfmscale.errors import BfmError
-from bfmscale.model.accounting import param_counts
+from bfmscale.model.accounting import embedder_share, param_counts
 from bfmscale.model.catalog import EventInputs, ItemCatalog
 from bfmscale.sweep.store import run_key
 
@@ -180,7 +181,12 @@ def _split_points(spec: SplitSpec, base: RunConfig, catalog: ItemCatalog | None,
     for s in spec.shares:
         shape = shape_for((1 - s) * spec.total_params, spec.aspect, spec.head_dim)
         model = ModelConfig(**{**base.model.__dict__, "embedder": "features", **shape})
-        widths = embedder_width_for(s * spec.total_params, model, catalog, events)
+        counts = param_counts(model, catalog, events)
+        widths = embedder_width_for(s / (1 - s) * (counts["transformer"] + counts["positions"]), model, catalog, events)
+        got = embedder_share(param_counts(ModelConfig(**{**model.__dict__, **widths}), catalog, events))
+        if abs(got - s) > 0.1 * s:
+            log.warning("split share %.3g: the nearest feature embedder width gives %.3g (d_model %d); a larger "
+                        "total_params gives finer steps", s, got, shape["d_model"])
         points.append([("model.embedder", "features")] + [(f"model.{k}", v) for k, v in {**shape, **widths}.items()])
     return points
 
