@@ -10,7 +10,7 @@ from bfmscale.config import ModelConfig, TrainConfig
 from bfmscale.model import embedder as embedder_mod
 from bfmscale.model import transformer
 from bfmscale.model.bfm import BehaviorModel
-from bfmscale.model.catalog import EventInputs, build_catalog, build_event_features, hash_tokens
+from bfmscale.model.catalog import EventInputs, build_catalog, build_event_features, hash_tokens, zscore
 from bfmscale.model.transformer import causal_attention, layer_dropouts
 from bfmscale.train.negatives import NegativeSampler
 from bfmscale.train.step import Objective
@@ -284,3 +284,11 @@ def test_event_embedder_adds_numeric_projection_and_code_embeddings(rich):
     off = BehaviorModel(ModelConfig(embedder="features", d_model=16, n_heads=2, use_event_features=False),
                         build_catalog(rich, mc.text_buckets), inputs).embedder
     assert torch.equal(off.events(v, f), v)
+
+
+def test_zscore_fits_on_given_rows_and_survives_empty_or_constant_columns():
+    vals = np.array([[1.0, np.nan, 5.0], [3.0, np.nan, 5.0], [11.0, np.nan, np.nan]])
+    z, missing = zscore(vals, np.array([True, True, False]))
+    assert z[:, 0].tolist() == [-1.0, 1.0, 9.0]  # mean 2, std 1 from the first two rows only
+    assert z[:, 1].tolist() == [0.0, 0.0, 0.0] and z[:, 2].tolist() == [0.0, 0.0, 0.0]
+    assert missing.tolist() == [[False, True, False], [False, True, False], [False, True, True]]

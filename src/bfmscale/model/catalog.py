@@ -53,7 +53,7 @@ def zscore(vals: np.ndarray, fit: np.ndarray | None = None) -> tuple[np.ndarray,
     """Columns z-scored with the mean and std of the rows `fit` (default: all), 0 where missing; and the missing mask."""
     missing = np.isnan(vals)
     ref = vals if fit is None else vals[fit]
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a column with no values: mean 0, std 1
         mean, std = np.nanmean(ref, axis=0), np.nanstd(ref, axis=0)
     mean = np.where(np.isnan(mean), 0.0, mean)

@@ -32,7 +32,7 @@ class EventEmbedder(nn.Module):
         use = cfg.use_event_features
         self.n_event_numeric = events.numeric if use else 0
         self.event_proj = nn.Linear(events.numeric, d) if self.n_event_numeric else None
-        self.event_tables = nn.ModuleList(nn.Embedding(rows, d, padding_idx=0) for rows in (events.categorical if use else ()))
+        self.event_tables = nn.ModuleList(nn.Embedding(rows, d, padding_idx=0) for rows in events.categorical if use)
         for t in self.event_tables:  # small, like the ID table: they add to the residual stream directly
             nn.init.normal_(t.weight, std=0.02)
             t.weight.data[0] = 0.0
