@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -67,8 +68,39 @@ def check_reserved(df: pd.DataFrame, reserved: tuple[str, ...], source: str) -> 
                            "expected it renamed")
 
 
+def _is_number(v: Any) -> bool:
+    """A value a numeric feature can hold: a finite number, a string that parses as one, or a missing / blank value."""
+    if isinstance(v, str):
+        if not v.strip():
+            return True
+        try:
+            v = float(v)
+        except ValueError:
+            return False
+    if v is None or v is pd.NA:
+        return True
+    if isinstance(v, (bool, np.bool_)):
+        return True
+    return isinstance(v, (int, float, np.number)) and not np.isinf(v)
+
+
+def check_numbers(values: pd.Series, col: str, source: str) -> None:
+    """A numeric feature holds finite numbers or missing values; an infinity, a word or a list is an error."""
+    if pd.api.types.is_numeric_dtype(values):
+        bad = pd.Series(np.isinf(values.to_numpy(dtype=np.float64)), index=values.index)
+    else:
+        bad = ~values.map(_is_number).astype(bool)
+    if bad.any():
+        row = _first_row(bad)
+        v = values.iloc[row]
+        v = v.tolist() if isinstance(v, (np.ndarray, np.generic)) else v  # shown as Python writes it
+        raise BfmError(f"{source}: column {col!r} has {int(bad.sum())} values that are not finite numbers (first at "
+                       f"row {row}: {v!r}); expected numbers or missing values for a numeric feature")
+
+
 def validate_events(raw: RawData, dedupe: bool = False) -> pd.DataFrame:
-    """Required columns, non-null ids, numeric timestamps and no duplicate events; returns a clean copy."""
+    """Required columns, non-null ids, numeric timestamps, finite numeric features and no duplicate events; returns
+    a clean copy."""
     src = raw.events_source
     df = raw.events
     check_columns(df, REQUIRED_EVENT_COLUMNS, src)
@@ -79,6 +111,9 @@ def validate_events(raw: RawData, dedupe: bool = False) -> pd.DataFrame:
     out["user_id"] = check_ids(df, "user_id", src)
     out["item_id"] = check_ids(df, "item_id", src)
     out["timestamp"] = check_timestamps(df["timestamp"], src)
+    for col in df.columns:
+        if col not in REQUIRED_EVENT_COLUMNS and pd.api.types.is_numeric_dtype(df[col]):  # a numeric event feature
+            check_numbers(df[col], str(col), src)
     dup = out.duplicated(subset=list(REQUIRED_EVENT_COLUMNS), keep="first")
     if dup.any():
         if not dedupe:
@@ -89,7 +124,7 @@ def validate_events(raw: RawData, dedupe: bool = False) -> pd.DataFrame:
 
 
 def validate_items(raw: RawData, events: pd.DataFrame) -> pd.DataFrame | None:
-    """Items have unique, non-null ids and cover every item in the events."""
+    """Items have unique, non-null ids, cover every item in the events, and numeric features hold numbers."""
     if raw.items is None:
         return None
     src = raw.items_source
@@ -104,4 +139,7 @@ def validate_items(raw: RawData, events: pd.DataFrame) -> pd.DataFrame | None:
     if len(missing):
         raise BfmError(f"{src}: {len(missing)} item_id values used in {raw.events_source} are missing "
                        f"(e.g. {missing[0]!r}); expected a row for every event's item")
+    for col, typ in raw.item_features.items():
+        if typ == "numeric":
+            check_numbers(items[col], col, src)
     return items
