@@ -15,7 +15,7 @@ from bfmscale.data.readers import RawData
 def make_prepared(root: Path, n_users: int = 24, n_items: int = 40, min_len: int = 6, max_len: int = 30,
                   seed: int = 0, event_extras: bool = False) -> PreparedDataset:
     """Random users with item histories, ratings, and items with genres / year / title / a categorical;
-    `event_extras` adds a numeric event feature with gaps (`amount`) and a categorical one with gaps (`channel`)."""
+    `event_extras` adds event features with gaps: numeric `amount`, categorical `channel`, list-valued `tags`."""
     rng = np.random.default_rng(seed)
     rows = []
     for u in range(n_users):
@@ -30,6 +30,9 @@ def make_prepared(root: Path, n_users: int = 24, n_items: int = 40, min_len: int
         events["amount"] = np.where(rng.random(len(events)) < 0.15, np.nan, amount)
         channel = rng.choice(["app", "pos", "web"], len(events)).astype(object)
         events["channel"] = np.where(rng.random(len(events)) < 0.1, None, channel)
+        tags = [list(rng.choice(["gift", "sale", "new", "bulk"], int(rng.integers(0, 4)), replace=False))
+                for _ in range(len(events))]
+        events["tags"] = [None if rng.random() < 0.1 else t for t in tags]
     genres = ["Action", "Comedy", "Drama", "Horror"]
     items = pd.DataFrame({
         "item_id": [f"i{i}" for i in range(n_items)],

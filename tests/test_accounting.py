@@ -113,7 +113,8 @@ def test_frozen_embedder_gets_no_gradient(ds):
 @pytest.mark.parametrize("embedder,extra", [("id", {}), ("features", {}), ("features", {"id_buckets": 0}),
                                             ("features", {"id_buckets": 11, "mlp_layers": 1}),
                                             ("features", {"use_event_features": False})])
-@pytest.mark.parametrize("events", [EventInputs(), EventInputs(numeric=1), EventInputs(numeric=3, categorical=(4, 9))])
+@pytest.mark.parametrize("events", [EventInputs(), EventInputs(numeric=1), EventInputs(numeric=3, categorical=(4, 9)),
+                                    EventInputs(categorical=(4,), multi=((6, 3), (11, 16)))])
 def test_param_counts_match_built_model(ds, embedder, extra, events):
     mc = ModelConfig(embedder=embedder, d_model=32, n_heads=4, n_layers=3, d_ff=80, max_len=20, **extra)
     catalog = build_catalog(ds, mc.text_buckets)

@@ -253,11 +253,14 @@ def rich(tmp_path_factory):
 
 def test_event_features_layout_gaps_and_codes(rich):
     """Numeric event features z-scored on training events (0 where missing), a missing flag for the one with gaps,
-    then the categorical codes (0 where missing), checked against pandas."""
+    the categorical codes (0 where missing), then the list-valued feature's codes padded with 0, checked against
+    pandas."""
     feats, inputs = build_event_features(rich)
     ev = rich.events
-    assert inputs == EventInputs(numeric=3, categorical=(len(rich.vocab["event.channel"]) + 1,))
-    assert feats.shape == (len(ev), 4) and torch.isfinite(feats).all()
+    assert inputs == EventInputs(numeric=3, categorical=(len(rich.vocab["event.channel"]) + 1,),
+                                 multi=((len(rich.vocab["event.tags"]) + 1, 3),))
+    assert rich.features["event"]["tags"] == "multi_categorical" and len(rich.vocab["event.tags"]) == 4
+    assert feats.shape == (len(ev), 7) and torch.isfinite(feats).all()
     train = ev["loo"] == "train"
     numeric = [c for c, t in rich.features["event"].items() if t == "numeric"]  # the layout's order
     assert sorted(numeric) == ["amount", "rating"]
@@ -269,6 +272,8 @@ def test_event_features_layout_gaps_and_codes(rich):
     assert feats[:, 2].numpy().tolist() == ev["amount"].isna().astype(float).tolist()
     assert feats[:, 3].numpy().tolist() == ev["channel"].astype(float).tolist()
     assert (ev["channel"] == 0).any()  # the gaps became code 0
+    tags = [sorted(int(t) for t in row[row > 0]) for row in feats[:, 4:].numpy()]
+    assert tags == [sorted(v) for v in ev["tags"]] and [] in tags  # a gap is an empty list
 
 
 def test_event_embedder_adds_numeric_projection_and_code_embeddings(rich):
@@ -276,10 +281,14 @@ def test_event_embedder_adds_numeric_projection_and_code_embeddings(rich):
     mc = ModelConfig(embedder="features", d_model=16, n_heads=2)
     emb = BehaviorModel(mc, build_catalog(rich, mc.text_buckets), inputs).embedder
     v = torch.randn(2, 5, 16)
-    f = feats[:10].reshape(2, 5, 4)
-    table = emb.event_tables[0].weight
-    assert torch.count_nonzero(table[0]) == 0  # a missing code adds nothing
-    expected = v + f[..., :3] @ emb.event_proj.weight.T + emb.event_proj.bias + table[f[..., 3].long()]
+    f = feats[:10].reshape(2, 5, 7)
+    table, bag = emb.event_tables[0].weight, emb.event_bags[0].weight
+    assert torch.count_nonzero(table[0]) == 0 and torch.count_nonzero(bag[0]) == 0  # a missing code adds nothing
+    codes = f[..., 4:].long()
+    present = (codes > 0).unsqueeze(-1)
+    tag_mean = (bag[codes] * present).sum(-2) / present.sum(-2).clamp(min=1)  # an empty list adds 0
+    expected = v + f[..., :3] @ emb.event_proj.weight.T + emb.event_proj.bias + table[f[..., 3].long()] + tag_mean
+    assert (codes.sum(-1) == 0).any()  # the rows include an event without tags
     assert torch.allclose(emb.events(v, f), expected, atol=1e-6)
     off = BehaviorModel(ModelConfig(embedder="features", d_model=16, n_heads=2, use_event_features=False),
                         build_catalog(rich, mc.text_buckets), inputs).embedder

@@ -299,14 +299,20 @@ OWN_EXPECTED = {"price": "numeric", "stock": "numeric", "brand": "categorical", 
 def test_own_data_feature_types(project):
     items = _own_items()
     used = ["i000", "i001", "i005", "i007", "i101"]
+    basket = [["x", "y"], None, [], ["y"], ["z", "x"], ["x"]]
     events = pd.DataFrame({"user_id": ["a"] * 3 + ["b"] * 3, "item_id": [used[k] for k in (0, 1, 2, 3, 4, 0)],
-                           "timestamp": [1, 2, 3, 4, 5, 6], "clicks": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
+                           "timestamp": [1, 2, 3, 4, 5, 6], "clicks": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+                           "channel": ["web", "app", None, "web", "pos", "app"], "basket": basket})
     project.write(events, items, item_features=OWN_DECLARED)
     rc, out, err = project.fetch_prepare()
     assert rc == 0, err
     ds = load_prepared(project.prepared)
     assert ds.features["item"] == OWN_EXPECTED
-    assert ds.features["event"] == {"clicks": "numeric"}
+    assert ds.features["event"] == {"clicks": "numeric", "channel": "categorical", "basket": "multi_categorical"}
+    ev = ds.events.sort_values("timestamp")  # one event per timestamp, in the source's order
+    assert [ds.vocab["event.channel"][c - 1] if c else None for c in ev["channel"]] == ["web", "app", None, "web", "pos",
+                                                                                        "app"]
+    assert [[ds.vocab["event.basket"][c - 1] for c in codes] for codes in ev["basket"]] == [b or [] for b in basket]
 
     prepared = ds.items.set_index("item_id")
     src = items.set_index("item_id")

@@ -177,14 +177,14 @@ def test_divergence_stops_the_run_with_an_error_naming_the_step(ds, monkeypatch)
 
 
 def test_event_features_with_gaps_train_and_count(tmp_path):
-    """Numeric event features with missing values and categorical ones both reach a feature model: the run trains to
-    finite metrics (a gap once made every loss nan), and its parameter count includes the code tables."""
+    """Numeric event features with missing values, categorical and list-valued ones all reach a feature model: the
+    run trains to finite metrics (a gap once made every loss nan), and its parameter count includes the code tables."""
     from bfmscale.model.accounting import param_counts
     from bfmscale.model.catalog import EventInputs, build_catalog
 
     rich = make_prepared(tmp_path, n_users=20, n_items=40, min_len=6, max_len=40, event_extras=True)
     inputs = build_sequences(rich).event_inputs
-    assert inputs.numeric == 3 and len(inputs.categorical) == 1
+    assert inputs.numeric == 3 and len(inputs.categorical) == 1 and len(inputs.multi) == 1
     res = train_run(cfg("model.embedder=features"), rich)
     assert all(np.isfinite(v) for v in res.metrics.values()) and np.isfinite(res.curve["loss"]).all()
     mc = load_run_config(None, ["model.embedder=features", "model.d_model=16", "model.n_heads=2", "model.d_ff=32",

@@ -3,7 +3,8 @@
 Layout of data/prepared/<dataset>/:
   events.parquet     one row per event, sorted by (user, timestamp, source order): user, item (int codes, 1-based;
                      0 is padding), timestamp (int64 s), pos (index in the user's sequence), loo (train/valid/test),
-                     temporal (train/test), event features (numeric float32 or categorical int32 codes)
+                     temporal (train/test), event features (numeric float32, categorical int32 codes, or
+                     multi_categorical list<int32> codes: list-valued columns)
   items.parquet      item, item_id (raw), typed features: categorical int32 code, multi_categorical list<int32>,
                      numeric float32 (NaN when missing), text string
   users.parquet      user, user_id (raw)
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from bfmscale.atomic import atomic_dir, write_json
 from bfmscale.config import check, section_from_dict
-from bfmscale.data.readers import RawData
+from bfmscale.data.readers import RawData, as_lists, is_list_valued
 from bfmscale.data.schema import validate_events, validate_items
 from bfmscale.errors import BfmError
 
@@ -109,6 +110,9 @@ def _encode_and_write(raw: RawData, out: Path, cfg: PrepareConfig, dataset: str,
         if pd.api.types.is_numeric_dtype(kept[col]) and not pd.api.types.is_bool_dtype(kept[col]):
             kept[col] = kept[col].astype("float32")
             event_features[col] = "numeric"
+        elif is_list_valued(kept[col]):
+            kept[col], vocab[f"event.{col}"] = encode_multi(as_lists(kept[col]))
+            event_features[col] = "multi_categorical"
         else:
             kept[col], vocab[f"event.{col}"] = encode(kept[col].astype(str))
             event_features[col] = "categorical"

@@ -88,17 +88,28 @@ def read_movielens_csv(raw_dir: Path) -> RawData:
                    item_features=types)
 
 
+def is_list_valued(values: pd.Series) -> bool:
+    """Whether a column holds lists (judged by its first present value)."""
+    sample = values.dropna()
+    return bool(len(sample)) and isinstance(sample.iloc[0], (list, tuple, np.ndarray))
+
+
 def infer_feature_type(values: pd.Series) -> str:
     """Documented rule: numbers -> numeric; lists -> multi_categorical; few distinct strings -> categorical; else text."""
     if pd.api.types.is_bool_dtype(values):
         return "categorical"
     if pd.api.types.is_numeric_dtype(values):
         return "numeric"
-    sample = values.dropna()
-    if len(sample) and isinstance(sample.iloc[0], (list, tuple, np.ndarray)):
+    if is_list_valued(values):
         return "multi_categorical"
+    sample = values.dropna()
     limit = max(CATEGORICAL_MAX_DISTINCT, int(0.05 * len(values)))
     return "categorical" if sample.astype(str).nunique() <= limit else "text"
+
+
+def as_lists(values: pd.Series) -> pd.Series:
+    """List-valued feature values as lists of strings; a missing value is the empty list."""
+    return values.map(lambda v: [] if v is None or (isinstance(v, float) and np.isnan(v)) else [str(t) for t in v])
 
 
 def read_parquet_source(raw_dir: Path, record: dict[str, Any]) -> RawData:
@@ -127,7 +138,7 @@ def read_parquet_source(raw_dir: Path, record: dict[str, Any]) -> RawData:
             if typ == "multi_categorical" and not pd.api.types.is_object_dtype(items[col]):
                 raise BfmError(f"{src_items}: column {col!r} is declared multi_categorical; expected lists of values")
             if typ == "multi_categorical":
-                items[col] = items[col].map(lambda v: [] if v is None else [str(t) for t in v])
+                items[col] = as_lists(items[col])
     return RawData(events=events, events_source=src_events, items=items, items_source=src_items, item_features=types)
 
 

@@ -89,40 +89,52 @@ def build_catalog(ds: PreparedDataset, text_buckets: int) -> ItemCatalog:
 
 # Event codes travel in the float32 feature tensor beside the numeric columns; float32 holds integers exactly to 2**24.
 MAX_EVENT_CODES = 2**24
+MAX_EVENT_TAGS = 16  # codes kept per list-valued event feature (the first ones), like MAX_TEXT_TOKENS
 
 
 @dataclass(frozen=True)
 class EventInputs:
     """How a history event's own features reach the model: `numeric` float columns (z-scored values, then a missing
-    flag for each feature that has gaps), then one code column per categorical feature (0 = missing)."""
+    flag for each feature that has gaps), then one code column per categorical feature (0 = missing), then for each
+    list-valued (multi_categorical) feature a block of code columns padded with 0."""
 
     numeric: int = 0
     categorical: tuple[int, ...] = ()  # embedding rows per categorical feature: its vocabulary + 1
+    multi: tuple[tuple[int, int], ...] = ()  # (embedding rows, code columns) per multi_categorical feature
 
     @property
     def width(self) -> int:
-        return self.numeric + len(self.categorical)
+        return self.numeric + len(self.categorical) + sum(w for _, w in self.multi)
 
 
 def build_event_features(ds: PreparedDataset) -> tuple[torch.Tensor | None, EventInputs]:
     """[E, width] float32 event features in the prepared events' order (None if there are none), and their layout.
     Numeric features are z-scored with leave-last-out training events' mean and std."""
     ev = ds.events
-    numeric = [c for c, t in ds.features["event"].items() if t == "numeric"]
-    categorical = [c for c, t in ds.features["event"].items() if t == "categorical"]
+    kinds = ds.features["event"]
+    numeric = [c for c, t in kinds.items() if t == "numeric"]
     blocks = []
     if numeric:
         z, missing = zscore(ev[numeric].to_numpy(dtype=np.float64), (ev["loo"] == "train").to_numpy())
         blocks += [z, missing[:, missing.any(axis=0)]]
     n_numeric = sum(b.shape[1] for b in blocks)
-    sizes = []
-    for c in categorical:
-        sizes.append(len(ds.vocab[f"event.{c}"]) + 1)
-        if sizes[-1] > MAX_EVENT_CODES:
-            raise BfmError(f"{ds.path}: event feature {c!r} has {sizes[-1] - 1:,} distinct values; expected at most "
+
+    def rows(c: str) -> int:
+        n = len(ds.vocab[f"event.{c}"]) + 1
+        if n > MAX_EVENT_CODES:
+            raise BfmError(f"{ds.path}: event feature {c!r} has {n - 1:,} distinct values; expected at most "
                            f"{MAX_EVENT_CODES - 1:,} for a categorical event feature")
+        return n
+
+    categorical, multi = [], []
+    for c in (c for c, t in kinds.items() if t == "categorical"):
+        categorical.append(rows(c))
         blocks.append(ev[c].to_numpy(dtype=np.float64)[:, None])
-    inputs = EventInputs(numeric=n_numeric, categorical=tuple(sizes))
+    for c in (c for c, t in kinds.items() if t == "multi_categorical"):
+        codes = _pad([list(v)[:MAX_EVENT_TAGS] for v in ev[c]]).numpy()
+        multi.append((rows(c), codes.shape[1]))
+        blocks.append(codes)
+    inputs = EventInputs(numeric=n_numeric, categorical=tuple(categorical), multi=tuple(multi))
     if not blocks:
         return None, inputs
     return torch.from_numpy(np.concatenate(blocks, axis=1).astype(np.float32)), inputs

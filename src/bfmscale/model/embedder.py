@@ -33,7 +33,10 @@ class EventEmbedder(nn.Module):
         self.n_event_numeric = events.numeric if use else 0
         self.event_proj = nn.Linear(events.numeric, d) if self.n_event_numeric else None
         self.event_tables = nn.ModuleList(nn.Embedding(rows, d, padding_idx=0) for rows in events.categorical if use)
-        for t in self.event_tables:  # small, like the ID table: they add to the residual stream directly
+        self.event_bags = nn.ModuleList(nn.EmbeddingBag(rows, d, mode="mean", padding_idx=0)
+                                        for rows, _ in events.multi if use)
+        self.event_bag_widths = [w for _, w in events.multi] if use else []
+        for t in [*self.event_tables, *self.event_bags]:  # small, like the ID table: they add to the residual stream
             nn.init.normal_(t.weight, std=0.02)
             t.weight.data[0] = 0.0
         if self.mode == "id":
@@ -102,15 +105,20 @@ class EventEmbedder(nn.Module):
         return self.mlp(torch.cat(parts, dim=-1))
 
     def events(self, item_vecs: torch.Tensor, event_features: torch.Tensor | None) -> torch.Tensor:
-        """History-event vectors: item vector plus a projection of the event's numeric features and an embedding per
-        categorical one (if enabled; `EventInputs` gives the columns' layout)."""
+        """History-event vectors: item vector plus a projection of the event's numeric features, an embedding per
+        categorical one and a mean embedding per list-valued one (if enabled; `EventInputs` gives the layout)."""
         if event_features is None:
             return item_vecs
         n = self.n_event_numeric
         if self.event_proj is not None:
             item_vecs = item_vecs + self.event_proj(event_features[..., :n])
-        for j, table in enumerate(self.event_tables):
-            item_vecs = item_vecs + table(event_features[..., n + j].long())
+        for table in self.event_tables:
+            item_vecs = item_vecs + table(event_features[..., n].long())
+            n += 1
+        for bag, w in zip(self.event_bags, self.event_bag_widths):  # mean over an event's codes; none: 0
+            codes = event_features[..., n : n + w].long()
+            item_vecs = item_vecs + bag(codes.reshape(-1, w)).reshape(*codes.shape[:-1], -1)
+            n += w
         return item_vecs
 
 

@@ -44,8 +44,9 @@ RUN_FORMAT = 15  # 2: CPU dropout masks from raw random bits, fp32 attention und
 # 13: fp32 table scores on the CPU (both fused CEs, ranking) in products of 256 table rows for >= 256 rows
 # (float-level)
 # 14: those blocks on AMD CPUs only; elsewhere one product again (float-level)
-# 15: a feature model reads categorical event features (were ignored), and a numeric event feature with gaps as 0 plus
-# a missing flag (was nan: every loss nan); datasets with neither, ML-1M and ML-100k among them, train bit-identically
+# 15: a feature model reads categorical and list-valued event features (were ignored; lists had been categories of
+# their string form), and a numeric event feature with gaps as 0 plus a missing flag (was nan: every loss nan);
+# datasets with none of these, ML-1M and ML-100k among them, train bit-identically
 
 STATES = ("pending", "running", "done", "failed")
 
