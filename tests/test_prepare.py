@@ -341,3 +341,15 @@ def test_infer_feature_type_rule():
     # 5% of rows raises the limit above 100: 3000 rows -> limit 150
     assert infer_feature_type(pd.Series([f"v{k % 150}" for k in range(3000)])) == "categorical"
     assert infer_feature_type(pd.Series([f"v{k % 151}" for k in range(3000)])) == "text"
+
+
+def test_identifier_like_event_feature_is_reported(tmp_path, caplog, monkeypatch):
+    import bfmscale.data.prepare as prepare_mod
+
+    monkeypatch.setattr(prepare_mod, "ID_LIKE_MIN_VALUES", 10)  # the real floor (1,000) needs a bigger table
+    events = _random_events(0).drop_duplicates(subset=["user_id", "item_id", "timestamp"]).reset_index(drop=True)
+    events["txn"] = [f"t{k}" for k in range(len(events))]  # unique per event
+    events["channel"] = [["web", "app", "pos"][k % 3] for k in range(len(events))]
+    with caplog.at_level("WARNING", logger="bfmscale.data.prepare"):
+        run_prepare(tmp_path, events, min_history=3)
+    assert [r.getMessage().split(" has ")[0] for r in caplog.records] == ["event feature 'txn'"]

@@ -33,6 +33,10 @@ from bfmscale.errors import BfmError
 
 log = logging.getLogger(__name__)
 
+# A categorical event feature with more distinct values than both of these is reported as a likely identifier.
+ID_LIKE_MIN_VALUES = 1000
+ID_LIKE_SHARE = 0.2
+
 
 @dataclass(frozen=True)
 class PrepareConfig:
@@ -116,6 +120,11 @@ def _encode_and_write(raw: RawData, out: Path, cfg: PrepareConfig, dataset: str,
         else:
             kept[col], vocab[f"event.{col}"] = encode(kept[col].astype(str))
             event_features[col] = "categorical"
+        n_values = len(vocab.get(f"event.{col}", ()))
+        if n_values > max(ID_LIKE_MIN_VALUES, ID_LIKE_SHARE * len(kept)):
+            log.warning("event feature %r has %s distinct values in %s events: an identifier rather than a feature? A "
+                        "feature model embeds each value (%s x d_model parameters); drop the column if it is not a "
+                        "feature", col, f"{n_values:,}", f"{len(kept):,}", f"{n_values + 1:,}")
     steps.update()
 
     items = pd.DataFrame({"item": np.arange(1, len(item_vocab) + 1, dtype="int32"), "item_id": item_vocab})
