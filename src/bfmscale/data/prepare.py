@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bfmscale.atomic import atomic_dir, write_json
 from bfmscale.config import check, section_from_dict
@@ -87,7 +88,7 @@ def prepare(raw: RawData, out: Path, cfg: PrepareConfig, dataset: str) -> dict[s
         raise BfmError(f"{raw.events_source}: no user has at least prepare.min_history={cfg.min_history} events "
                        f"(longest history: {int(sizes.max())}); expected some users left after the filter")
     after = count(kept)
-    with tqdm(total=5, desc=f"prepare {dataset}", unit="step") as steps:
+    with logging_redirect_tqdm(), tqdm(total=5, desc=f"prepare {dataset}", unit="step") as steps:  # logs above the bar
         return _encode_and_write(raw, out, cfg, dataset, kept, items_raw, before, after, steps)
 
 

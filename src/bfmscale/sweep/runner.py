@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bfmscale.config import RunConfig
 from bfmscale.sweep.store import RunStore, run_key
@@ -64,7 +65,8 @@ def run_sweep(name: str, configs: list[RunConfig], store: RunStore, executor, re
 
     try:
         if todo:
-            executor.run(store, todo, name, on_finished)
+            with logging_redirect_tqdm():  # in-process runs log above the bar, not into it
+                executor.run(store, todo, name, on_finished)
     finally:
         bar.close()
         log.info("sweep %s: %s", name, summary.line())
