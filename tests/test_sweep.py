@@ -16,9 +16,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from bfmscale.config import ModelConfig, RunConfig, load_run_config
+from bfmscale.config import ModelConfig, RunConfig, apply_values, load_run_config
+from bfmscale.data.dataset import load_prepared
 from bfmscale.errors import BfmError
 from bfmscale.model.accounting import embedder_share, param_counts
+from bfmscale.model.bfm import BehaviorModel
 from bfmscale.model.catalog import EventInputs, build_catalog
 from bfmscale.sweep import store as store_mod
 from bfmscale.sweep.collect import collect, store_status
@@ -26,6 +28,7 @@ from bfmscale.sweep.design import Design, expand, load_design, shape_for
 from bfmscale.sweep.executors import LocalExecutor, RayExecutor, make_executor
 from bfmscale.sweep.runner import run_sweep
 from bfmscale.sweep.store import RunStore, run_key
+from bfmscale.train.data import build_sequences
 from synthetic import make_prepared
 
 METRICS = ["test_ndcg@10", "test_hr@10", "test_mrr", "test_ce", "valid_ndcg@10", "flops", "tokens", "steps"]
@@ -168,7 +171,6 @@ def test_readme_design_example_expands_as_it_says(caplog):
 
 
 def test_each_block_declares_exactly_the_keys_its_points_set(prepared):
-    from bfmscale.data.dataset import load_prepared
     from bfmscale.sweep.design import ISOFLOP_KEYS, SPLIT_KEYS, IsoflopSpec, SplitSpec, _isoflop_points, _split_points
 
     iso = _isoflop_points(IsoflopSpec(budgets=(1e12,), n_models=2))
@@ -188,7 +190,6 @@ def test_shape_for_hits_the_target_size():
 @pytest.mark.parametrize("events", [EventInputs(), EventInputs(numeric=2, categorical=(6,))])
 def test_split_design_reaches_each_share(prepared, total, events, caplog):
     """The share is met to within 10% even where the aspect rule gives every share the same contextualizer (2e5)."""
-    from bfmscale.data.dataset import load_prepared
 
     ds = load_prepared(prepared / "synth")
     catalog = build_catalog(ds, 2048)
@@ -205,8 +206,6 @@ def test_split_design_reaches_each_share(prepared, total, events, caplog):
 
 
 def test_split_share_out_of_reach_is_reported(prepared, caplog):
-    from bfmscale.data.dataset import load_prepared
-
     catalog = build_catalog(load_prepared(prepared / "synth"), 2048)
     d = Design.from_dict({"name": "split", "split": {"shares": [1e-4, 0.2], "total_params": 2e5}})
     with caplog.at_level("WARNING", logger="bfmscale.sweep.design"):
@@ -395,8 +394,17 @@ def test_cli_dry_run_lists_runs_and_trains_none(prepared, tmp_path, capsys):
     store = tmp_path / "runs"
     assert main(["sweep", str(path), "--store", str(store), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["key", "status", "model.d_model", "train.flops"]
+    assert out[0].split() == ["key", "status", "model.d_model", "train.flops", "params", "embedder_share"]
     assert len(out) == 6 and all(line.split()[1] == "missing" for line in out[1:5])
+    ds = load_prepared(prepared / "synth")
+    seqs = build_sequences(ds)
+    for line in out[1:5]:  # each run's size is that of the model it would build
+        _, _, d, _, params, share = line.split()
+        cfg = RunConfig.from_dict(apply_values(Design.from_dict(design_dict(prepared)).base, [("model.d_model", int(d))]))
+        model = BehaviorModel(cfg.model, build_catalog(ds, cfg.model.text_buckets), seqs.event_inputs)
+        assert int(params) == sum(p.numel() for p in model.parameters())
+        emb = sum(p.numel() for p in model.embedder.parameters())
+        assert float(share) == pytest.approx(emb / int(params), rel=1e-3)
     assert out[5] == "sweep tiny: 4 runs, 0 done, 4 to run (6e+07 training FLOPs); nothing was run"
     assert not store.exists()
     design = Design.from_dict(design_dict(prepared, grid={"train.flops": [1e7], "model.d_model": [16]}))

@@ -91,7 +91,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     configs = expand(design, catalog, events)
     store = RunStore(Path(args.store))
     if args.dry_run:
-        table = plan(configs, store)
+        table = plan(configs, store, dataset_for)
         todo = table["status"] != "done"
         flops = sum(c.train.flops for c, t in zip(configs, todo) if t)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 
 from bfmscale.config import RunConfig
+from bfmscale.data.dataset import PreparedDataset
+from bfmscale.model.accounting import embedder_share, param_counts
+from bfmscale.model.catalog import build_catalog, build_event_features
 from bfmscale.sweep.store import RunStore, run_key
 
 INFO_COLUMNS = ("flops", "flops_budget", "tokens", "steps", "epochs", "train_time", "eval_time", "wall_time",
@@ -57,8 +61,25 @@ def store_status(store: RunStore) -> pd.DataFrame:
                                                                wall_time=("wall_time", "sum"))
 
 
-def plan(configs: list[RunConfig], store: RunStore) -> pd.DataFrame:
-    """A design's runs before training: key, state in the store, and the config settings that differ between runs."""
+def model_sizes(configs: list[RunConfig], dataset: Callable[[RunConfig], PreparedDataset]) -> pd.DataFrame:
+    """Each run's parameter count and embedder share on its dataset's catalog and event features, without training."""
+    catalogs: dict[tuple[str, str, int], Any] = {}
+    rows = []
+    for cfg in configs:
+        key = (cfg.data.prepared_dir, cfg.data.dataset, cfg.model.text_buckets)
+        if key not in catalogs:
+            ds = dataset(cfg)
+            catalogs[key] = (build_catalog(ds, cfg.model.text_buckets), build_event_features(ds)[1])
+        counts = param_counts(cfg.model, *catalogs[key])
+        rows.append({"params": counts["total"], "embedder_share": embedder_share(counts)})
+    return pd.DataFrame(rows)
+
+
+def plan(configs: list[RunConfig], store: RunStore,
+         dataset: Callable[[RunConfig], PreparedDataset] | None = None) -> pd.DataFrame:
+    """A design's runs before training: key, state in the store, the config settings that differ between runs, and
+    (given a way to load each run's dataset) its parameter count and embedder share."""
     table = collect(configs, store)
     varying = [c for c in flatten(configs[0].to_dict()) if table[c].astype(str).nunique() > 1]
-    return table[["key", "status", *varying]]
+    table = table[["key", "status", *varying]]
+    return table if dataset is None else pd.concat([table, model_sizes(configs, dataset)], axis=1)
