@@ -73,10 +73,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from bfmscale.atomic import atomic_path
-    from bfmscale.model.catalog import EventInputs, build_catalog, build_event_features
+    from bfmscale.model.catalog import EventInputs
     from bfmscale.sweep.collect import collect, plan
     from bfmscale.sweep.design import expand, load_design
-    from bfmscale.sweep.executors import dataset_for, make_executor
+    from bfmscale.sweep.executors import make_executor, model_inputs_for
     from bfmscale.sweep.runner import run_sweep
     from bfmscale.sweep.store import RunStore
 
@@ -85,13 +85,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if design.split:
         from bfmscale.config import RunConfig
 
-        base = RunConfig.from_dict(design.base)
-        ds = dataset_for(base)
-        catalog, (_, events) = build_catalog(ds, base.model.text_buckets), build_event_features(ds)
+        catalog, events = model_inputs_for(RunConfig.from_dict(design.base))
     configs = expand(design, catalog, events)
     store = RunStore(Path(args.store))
     if args.dry_run:
-        table = plan(configs, store, dataset_for)
+        table = plan(configs, store, model_inputs_for)
         todo = table["status"] != "done"
         flops = sum(c.train.flops for c, t in zip(configs, todo) if t)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

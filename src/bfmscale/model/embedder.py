@@ -29,13 +29,12 @@ class EventEmbedder(nn.Module):
         self.n_items = catalog.n_items  # real items I (codes 1..I)
         n = catalog.n_items + 1
         d = cfg.d_model
-        use = cfg.use_event_features
-        self.n_event_numeric = events.numeric if use else 0
-        self.event_proj = nn.Linear(events.numeric, d) if self.n_event_numeric else None
-        self.event_tables = nn.ModuleList(nn.Embedding(rows, d, padding_idx=0) for rows in events.categorical if use)
+        self.event_inputs = events if cfg.use_event_features else EventInputs()  # the layout events() reads
+        events = self.event_inputs
+        self.event_proj = nn.Linear(events.numeric, d) if events.numeric else None
+        self.event_tables = nn.ModuleList(nn.Embedding(rows, d, padding_idx=0) for rows in events.categorical)
         self.event_bags = nn.ModuleList(nn.EmbeddingBag(rows, d, mode="mean", padding_idx=0)
-                                        for rows, _ in events.multi if use)
-        self.event_bag_widths = [w for _, w in events.multi] if use else []
+                                        for rows, _ in events.multi)
         for t in [*self.event_tables, *self.event_bags]:  # small, like the ID table: they add to the residual stream
             nn.init.normal_(t.weight, std=0.02)
             t.weight.data[0] = 0.0
@@ -109,13 +108,13 @@ class EventEmbedder(nn.Module):
         categorical one and a mean embedding per list-valued one (if enabled; `EventInputs` gives the layout)."""
         if event_features is None:
             return item_vecs
-        n = self.n_event_numeric
+        n = self.event_inputs.numeric
         if self.event_proj is not None:
             item_vecs = item_vecs + self.event_proj(event_features[..., :n])
         for table in self.event_tables:
             item_vecs = item_vecs + table(event_features[..., n].long())
             n += 1
-        for bag, w in zip(self.event_bags, self.event_bag_widths):  # mean over an event's codes; none: 0
+        for bag, (_, w) in zip(self.event_bags, self.event_inputs.multi):  # mean over an event's codes; none: 0
             codes = event_features[..., n : n + w].long()
             item_vecs = item_vecs + bag(codes.reshape(-1, w)).reshape(*codes.shape[:-1], -1)
             n += w

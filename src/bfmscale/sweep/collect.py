@@ -8,9 +8,8 @@ from typing import Any
 import pandas as pd
 
 from bfmscale.config import RunConfig
-from bfmscale.data.dataset import PreparedDataset
 from bfmscale.model.accounting import embedder_share, param_counts
-from bfmscale.model.catalog import build_catalog, build_event_features
+from bfmscale.model.catalog import EventInputs, ItemCatalog
 from bfmscale.sweep.store import RunStore, run_key
 
 INFO_COLUMNS = ("flops", "flops_budget", "tokens", "steps", "epochs", "train_time", "eval_time", "wall_time",
@@ -61,25 +60,22 @@ def store_status(store: RunStore) -> pd.DataFrame:
                                                                wall_time=("wall_time", "sum"))
 
 
-def model_sizes(configs: list[RunConfig], dataset: Callable[[RunConfig], PreparedDataset]) -> pd.DataFrame:
+ModelInputs = Callable[[RunConfig], tuple[ItemCatalog, EventInputs]]  # e.g. executors.model_inputs_for
+
+
+def model_sizes(configs: list[RunConfig], inputs: ModelInputs) -> pd.DataFrame:
     """Each run's parameter count and embedder share on its dataset's catalog and event features, without training."""
-    catalogs: dict[tuple[str, str, int], Any] = {}
     rows = []
     for cfg in configs:
-        key = (cfg.data.prepared_dir, cfg.data.dataset, cfg.model.text_buckets)
-        if key not in catalogs:
-            ds = dataset(cfg)
-            catalogs[key] = (build_catalog(ds, cfg.model.text_buckets), build_event_features(ds)[1])
-        counts = param_counts(cfg.model, *catalogs[key])
+        counts = param_counts(cfg.model, *inputs(cfg))
         rows.append({"params": counts["total"], "embedder_share": embedder_share(counts)})
     return pd.DataFrame(rows)
 
 
-def plan(configs: list[RunConfig], store: RunStore,
-         dataset: Callable[[RunConfig], PreparedDataset] | None = None) -> pd.DataFrame:
+def plan(configs: list[RunConfig], store: RunStore, inputs: ModelInputs | None = None) -> pd.DataFrame:
     """A design's runs before training: key, state in the store, the config settings that differ between runs, and
-    (given a way to load each run's dataset) its parameter count and embedder share."""
+    (given each run's model inputs) its parameter count and embedder share."""
     table = collect(configs, store)
     varying = [c for c in flatten(configs[0].to_dict()) if table[c].astype(str).nunique() > 1]
     table = table[["key", "status", *varying]]
-    return table if dataset is None else pd.concat([table, model_sizes(configs, dataset)], axis=1)
+    return table if inputs is None else pd.concat([table, model_sizes(configs, inputs)], axis=1)

@@ -23,11 +23,13 @@ from typing import Any
 from bfmscale.atomic import atomic_path
 from bfmscale.config import RunConfig
 from bfmscale.data.dataset import PreparedDataset, load_prepared
+from bfmscale.model.catalog import EventInputs, ItemCatalog, build_catalog, build_event_features
 from bfmscale.sweep.store import RunLog, RunStore, execute, run_key
 
 log = logging.getLogger(__name__)
 OnFinished = Callable[[RunConfig, str], None]
 _DATASETS: dict[str, PreparedDataset] = {}
+_MODEL_INPUTS: dict[tuple[str, int], tuple[ItemCatalog, EventInputs]] = {}
 PARENT_POLL_S = 1.0  # how often a pool worker checks that the sweep process is alive
 
 
@@ -42,6 +44,15 @@ def dataset_for(cfg: RunConfig) -> PreparedDataset:
     if path not in _DATASETS:
         _DATASETS[path] = load_prepared(path)
     return _DATASETS[path]
+
+
+def model_inputs_for(cfg: RunConfig) -> tuple[ItemCatalog, EventInputs]:
+    """The item catalog and event-feature layout a run's model is built on, made once per process and dataset."""
+    key = (dataset_path(cfg), cfg.model.text_buckets)
+    if key not in _MODEL_INPUTS:
+        ds = dataset_for(cfg)
+        _MODEL_INPUTS[key] = build_catalog(ds, cfg.model.text_buckets), build_event_features(ds)[1]
+    return _MODEL_INPUTS[key]
 
 
 def _worker_init(threads: int | None) -> None:
