@@ -3,7 +3,8 @@
 d=64, 2 layers, 2 heads, d_ff=256, T=200, dropout 0.2, full-softmax CE, Adam(W) lr 1e-3, batch 128.
 The FLOP budget of each run is set from a short throughput calibration so that training takes about --minutes.
 Prints test HR@10, NDCG@10, MRR and the wall time, ranking the full catalog with the user's history items excluded
-(the convention of the published anchors, e.g. RecBole's full-sort evaluation; ML-1M has no repeat ratings) and,
+(the convention of the published anchors, e.g. HSTU's generative-recommenders, which drops each user's past ids;
+ML-1M has no repeat ratings) and,
 from the same trained model, with nothing excluded (the pipeline's default). Needs data/prepared/ml-1m.
 
     .venv/bin/python bench/quality_ml1m.py --minutes 30
@@ -17,28 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from bfmscale.config import load_run_config
 from bfmscale.data.dataset import load_prepared
-from bfmscale.eval.ranking import evaluate
 from bfmscale.logging_setup import setup_logging
-from bfmscale.model.bfm import BehaviorModel
-from bfmscale.model.catalog import build_catalog
-from bfmscale.train.data import build_sequences
 from bfmscale.train.loop import train_run
 from bench_args import comma_list, positive, provenance, run
-from sasrec import SASREC, flops_per_second
+from sasrec import SASREC, flops_per_second, test_metrics
 
 QUALITY = SASREC + ["train.warmup_frac=0.01", "data.exclude_seen=true", "train.save_checkpoint=true"]
-
-
-def metrics_without_exclusion(cfg, ds, checkpoint: Path) -> dict[str, float]:
-    """Reload the trained model and rank the full catalog with nothing excluded."""
-    seqs = build_sequences(ds)
-    model = BehaviorModel(cfg.model, build_catalog(ds, cfg.model.text_buckets), seqs.event_inputs)
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu"))
-    return evaluate(model, seqs, "test", cfg.model.max_len, torch.device("cpu"), exclude_seen=False).metrics
 
 
 def main() -> None:
@@ -64,7 +51,7 @@ def main() -> None:
             m, i = res.metrics, res.info
             rows.append((emb, i["params"]["total"], budget, i["epochs"], i["precision"], i["train_time"], wall,
                          m["test_hr@10"], m["test_ndcg@10"], m["test_mrr"], m["test_ce"], "history excluded"))
-            a = metrics_without_exclusion(cfg, ds, Path(tmp) / "model.pt")
+            a = test_metrics(cfg, ds, Path(tmp) / "model.pt", exclude_seen=False)
             rows.append(("", "", "", "", "", "", "", a["hr@10"], a["ndcg@10"], a["mrr"], a["ce"], "nothing excluded"))
     print(f"\nML-1M leave-last-out, full ranking over {ds.n_items} items")
     print(f"{'embedder':<9} {'params':>9} {'FLOPs':>9} {'epochs':>7} {'prec':>5} {'train s':>8} {'wall s':>7} "

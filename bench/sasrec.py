@@ -6,8 +6,16 @@ overrides win, e.g. `SASREC + ["model.max_len=50"]`.
 
 from __future__ import annotations
 
-from bfmscale.config import load_run_config
+from pathlib import Path
+
+import torch
+
+from bfmscale.config import RunConfig, load_run_config
 from bfmscale.data.dataset import PreparedDataset
+from bfmscale.eval.ranking import evaluate
+from bfmscale.model.bfm import BehaviorModel
+from bfmscale.model.catalog import build_catalog
+from bfmscale.train.data import build_sequences
 from bfmscale.train.loop import train_run
 
 SASREC = ["model.embedder=id", "model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.d_ff=256",
@@ -18,3 +26,11 @@ SASREC = ["model.embedder=id", "model.d_model=64", "model.n_layers=2", "model.n_
 def flops_per_second(overrides: list[str], ds: PreparedDataset) -> float:
     """Analytic training FLOPs per second of this config on this machine, from a ~1e12-FLOP run."""
     return train_run(load_run_config(None, overrides + ["train.flops=1e12"]), ds).info["flops_per_s"]
+
+
+def test_metrics(cfg: RunConfig, ds: PreparedDataset, checkpoint: Path, exclude_seen: bool) -> dict[str, float]:
+    """Reload a trained model (`train.save_checkpoint=true`) and rank the full catalog for each user's test target."""
+    seqs = build_sequences(ds)
+    model = BehaviorModel(cfg.model, build_catalog(ds, cfg.model.text_buckets), seqs.event_inputs)
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu"))
+    return evaluate(model, seqs, "test", cfg.model.max_len, torch.device("cpu"), exclude_seen=exclude_seen).metrics

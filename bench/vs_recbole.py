@@ -1,6 +1,6 @@
 """Side by side with the peer a user would pick instead: RecBole 1.2.1's SASRec vs our ID-only model, same data.
 
-ML-1M leave-last-out (the files `bfmscale fetch` put in data/raw/ml-1m), d=64, 2 layers, 2 heads, inner 256,
+ML-1M leave-last-out (data/prepared/ml-1m; see `peer_data` for how RecBole gets the same split), d=64, 2 layers, 2 heads, inner 256,
 dropout 0.2, full-softmax CE, Adam 1e-3, max length 50 and 200, the same torch threads, the same wall-clock
 checkpoints. RecBole runs in a throwaway virtualenv (bench/.peer/, git-ignored) made by this script: recbole is
 installed with --no-deps beside torch==2.13.0 (its pins would pull ray<=2.6.3), and driven through Config /
@@ -8,12 +8,15 @@ create_dataset / data_preparation / SASRec directly (recbole.quick_start imports
 schedule per checkpoint (a model whose FLOP budget fits that wall time at the rate a short probe measured; a box
 whose speed drifts makes it over- or undershoot); RecBole then trains continuously and is evaluated when its clock
 reaches the seconds ours actually trained for each checkpoint, so the two are compared at equal training time.
-Evaluation time is not counted, nor is RecBole's data loader: its clock runs over forward, backward and optimizer
-step only, while ours also counts building each batch. RecBole's full-sort evaluation drops
-history items from the ranking, so our figures here use `data.exclude_seen=true` too. Precision is each side's
-default: RecBole's `enable_amp` is off (fp32); ours is `auto` (bf16 autocast where the CPU has native bf16, fp32
-where it has not). Prints training targets/s,
-seconds per epoch, test NDCG@10 / HR@10 at each checkpoint, and a most-popular baseline.
+Evaluation time is not counted, nor is RecBole's data loader: its clock runs over forward, backward and optimizer step
+only, while ours also counts building each batch. Both are ranked under both conventions, from the same trained model:
+over every item, which is what RecBole's evaluator does for sequential models (it masks history only for general
+recommenders; its `repeatable` setting is forced on for sequential ones) and the pipeline's default, and with each
+user's history items excluded, the convention of the published SASRec / HSTU anchors. RecBole's target ranks are
+computed from its `full_sort_predict` scores with the same pessimistic ties as ours, and its own evaluator is run
+beside them as a check. Precision is each side's default: RecBole's `enable_amp` is off (fp32); ours is `auto` (bf16
+autocast where the CPU has native bf16, fp32 where it has not). Prints training targets/s, seconds per epoch, test
+NDCG@10 / HR@10 at each checkpoint, and a most-popular baseline.
 
     .venv/bin/python bench/vs_recbole.py --quick             # checkpoints 2 and 5 minutes, L=50 only
     .venv/bin/python bench/vs_recbole.py                     # 10, 25 and 60 minutes, L=50 and 200
@@ -27,10 +30,12 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from bench_args import comma_list, positive, provenance, run
@@ -45,6 +50,7 @@ PEER_DEPS = ["numpy<2", "scipy", "pandas<3", "scikit-learn", "colorlog", "colora
 
 PEER_SCRIPT = textwrap.dedent('''
     import json, os, sys, tempfile, time
+    import numpy as np
     import torch
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
@@ -69,6 +75,29 @@ PEER_SCRIPT = textwrap.dedent('''
     model = SASRec(config, train.dataset)
     trainer = Trainer(config, model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    uid, iid = dataset.inter_feat["user_id"].numpy(), dataset.inter_feat["item_id"].numpy()
+    order = np.argsort(uid, kind="stable")
+    items_of = {int(uid[g[0]]): torch.from_numpy(iid[g]) for g in np.split(order, np.flatnonzero(np.diff(uid[order])) + 1)}
+
+    def target_ranks():
+        # 1 + items scoring higher + the target's ties, as bfmscale.eval.ranking.pessimistic_ranks ranks; over every
+        # item, then with the user's other items (its history: ML-1M has no repeats) set to -inf
+        model.eval()
+        ranks, users, targets = {"all": [], "excluded": []}, [], []
+        with torch.no_grad():
+            for inter, _, _, target in test:
+                scores = model.full_sort_predict(inter).view(len(target), -1)
+                scores[:, 0] = -float("inf")  # RecBole's padding id
+                for key in ("all", "excluded"):
+                    if key == "excluded":
+                        for r, u in enumerate(inter["user_id"].tolist()):
+                            scores[r, items_of[u][items_of[u] != target[r]]] = -float("inf")
+                    t = scores.gather(1, target[:, None])
+                    ranks[key] += ((scores > t).sum(1) + (scores == t).sum(1)).tolist()
+                users += inter["user_id"].tolist()
+                targets += target.tolist()
+        return ranks, users, targets
+
     samples, clock, out, epoch_s = 0, 0.0, [], None
     pending = list(checkpoints)
     epochs = 0
@@ -84,16 +113,18 @@ PEER_SCRIPT = textwrap.dedent('''
             samples += len(batch)
             if clock >= 60 * pending[0]:
                 res = trainer.evaluate(test, load_best_model=False, show_progress=False)
-                out.append({"minutes": pending.pop(0), "ndcg@10": float(res["ndcg@10"]), "hr@10": float(res["hit@10"]),
-                            "samples": samples, "train_s": clock})
-                print(json.dumps(out[-1]), file=sys.stderr, flush=True)
+                ranks, users, targets = target_ranks()
+                out.append({"minutes": pending.pop(0), "ranks": ranks, "samples": samples, "train_s": clock,
+                            "recbole_ndcg@10": float(res["ndcg@10"]), "recbole_hr@10": float(res["hit@10"])})
+                print(json.dumps({k: v for k, v in out[-1].items() if k != "ranks"}), file=sys.stderr, flush=True)
                 if not pending:
                     break
         else:
             epochs += 1
             epoch_s = t_epoch
+    test_targets = dict(zip(dataset.id2token("user_id", users).tolist(), dataset.id2token("item_id", targets).tolist()))
     print(json.dumps({"checkpoints": out, "samples_per_s": samples / clock, "epoch_samples": len(train.dataset),
-                      "epoch_s": epoch_s, "epochs": epochs}))
+                      "epoch_s": epoch_s, "epochs": epochs, "test_targets": test_targets}))
 ''')
 
 
@@ -111,6 +142,24 @@ def peer_python() -> Path:
     return py
 
 
+def peer_data() -> Path:
+    """Write the prepared events as RecBole's atomic file (our user and item codes as its tokens), in the prepared
+    order: user, timestamp, source order.
+
+    RecBole reads timestamps as float32 (64-second steps at ML-1M's epoch times) and its stable sort then keeps file
+    order within a step; from the fetched file (ratings.dat's order) 1,191 of 6,040 test targets differed from ours.
+    Float rounding is monotone, so a file already in time order gives RecBole exactly our leave-last-out split."""
+    from bfmscale.atomic import atomic_path
+    from bfmscale.data.dataset import load_prepared
+
+    ds = load_prepared(ROOT / "data/prepared/ml-1m")
+    inter = pd.DataFrame({"user_id:token": ds.events["user"], "item_id:token": ds.events["item"],
+                          "timestamp:float": ds.events["timestamp"]})
+    with atomic_path(PEER / "data" / "ml-1m" / "ml-1m.inter") as tmp:
+        inter.to_csv(tmp, sep="\t", index=False)
+    return PEER / "data"
+
+
 def run_peer(raw: Path, max_len: int, minutes: list[float], threads: int) -> dict:
     env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
     proc = subprocess.run([str(peer_python()), "-c", PEER_SCRIPT, str(raw), str(max_len), json.dumps(minutes),
@@ -121,23 +170,39 @@ def run_peer(raw: Path, max_len: int, minutes: list[float], threads: int) -> dic
 
 
 def run_ours(max_len: int, minutes: list[float], threads: int) -> dict:
+    """One full schedule per checkpoint, each evaluated with history excluded and, reloaded, over every item."""
     from bfmscale.config import load_run_config
     from bfmscale.data.dataset import load_prepared
     from bfmscale.train.loop import train_run
-    from sasrec import SASREC, flops_per_second
+    from sasrec import SASREC, flops_per_second, test_metrics
 
     ds = load_prepared(ROOT / "data/prepared/ml-1m")
     base = SASREC + [f"model.max_len={max_len}", "train.weight_decay=0.0", f"train.threads={threads}",
-                     "data.exclude_seen=true"]
+                     "data.exclude_seen=true", "train.save_checkpoint=true"]
     rate = flops_per_second(base, ds)
     out = []
     for m in minutes:
-        res = train_run(load_run_config(None, base + [f"train.flops={rate * 60 * m:.6g}"]), ds)
-        out.append({"minutes": m, "ndcg@10": res.metrics["test_ndcg@10"], "hr@10": res.metrics["test_hr@10"],
+        cfg = load_run_config(None, base + [f"train.flops={rate * 60 * m:.6g}"])
+        with tempfile.TemporaryDirectory() as tmp:
+            res = train_run(cfg, ds, out_dir=tmp)
+            every = test_metrics(cfg, ds, Path(tmp) / "model.pt", exclude_seen=False)
+        out.append({"minutes": m, "excluded": {k: res.metrics[f"test_{k}"] for k in ("ndcg@10", "hr@10")},
+                    "all": {k: every[k] for k in ("ndcg@10", "hr@10")},
                     "tokens_per_s": res.info["tokens_per_s"], "train_s": res.info["train_time"],
                     "epochs": res.info["epochs"]})
+    targets = {str(u): str(items[-1]) for u, items in zip(ds.sequences["user"], ds.sequences["items"])}  # peer_data's tokens
     return {"checkpoints": out, "targets_per_s": float(np.mean([c["tokens_per_s"] for c in out])),
-            "epoch_s": float(np.mean([c["train_s"] / c["epochs"] for c in out]))}
+            "epoch_s": float(np.mean([c["train_s"] / c["epochs"] for c in out])), "test_targets": targets}
+
+
+def peer_metrics(peer: dict) -> None:
+    """Turn each peer checkpoint's target ranks into HR@10 / NDCG@10 with our `ranking_metrics`, per convention."""
+    from bfmscale.eval.ranking import ranking_metrics
+
+    for c in peer["checkpoints"]:
+        for key, ranks in c.pop("ranks").items():
+            m = ranking_metrics(np.asarray(ranks), ks=(10,))
+            c[key] = {"ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"]}
 
 
 def equal_time_marks(checkpoints: list[dict]) -> list[float]:
@@ -179,31 +244,40 @@ def main() -> None:
     # checkpoints in order: the peer trains on through them
     minutes = sorted(args.minutes or ([2.0, 5.0] if args.quick else [10.0, 25.0, 60.0]))
     lengths = args.lengths or ([50] if args.quick else [50, 200])
-    raw = ROOT / "data" / "raw"
+    peer_raw = peer_data()
     rows = []
     for L in lengths:
         ours = run_ours(L, minutes, args.threads)
-        peer = run_peer(raw, L, equal_time_marks(ours["checkpoints"]), args.threads)
+        peer = run_peer(peer_raw, L, equal_time_marks(ours["checkpoints"]), args.threads)
         rows.append((L, peer, ours))
-    print(f"\nML-1M leave-last-out, full ranking excluding history items (RecBole's convention), "
-          f"{args.threads} threads")
-    pop = most_popular(True)
-    print(f"most-popular baseline: test NDCG@10 {pop['ndcg@10']:.4f}, HR@10 {pop['hr@10']:.4f}")
-    print(f"{'L':>4} {'system':<16} {'targets/s':>10} {'s/epoch':>9} " +
-          " ".join(f"{'NDCG@10 ' + str(int(m)) + 'm':>13} {'HR@10':>6}" for m in minutes))
     for L, peer, ours in rows:
-        p_epoch = peer["epoch_s"] if peer["epoch_s"] else peer["epoch_samples"] / peer["samples_per_s"]
-        for name, tps, ep, cps in (("RecBole SASRec", peer["samples_per_s"], p_epoch, peer["checkpoints"]),
-                                   ("bfmscale id", ours["targets_per_s"], ours["epoch_s"], ours["checkpoints"])):
-            cells = " ".join(f"{c['ndcg@10']:>13.4f} {c['hr@10']:>6.4f}" for c in cps)
-            print(f"{L:>4} {name:<16} {tps:>10,.0f} {ep:>9,.0f} {cells}")
-        print(f"{L:>4} {'ratio ours/peer':<16} {ours['targets_per_s'] / peer['samples_per_s']:>10.1f}x " +
-              " ".join(f"{o['ndcg@10'] / max(p['ndcg@10'], 1e-9):>12.1f}x {'':>6}"
-                       for o, p in zip(ours["checkpoints"], peer["checkpoints"])))
-        print(f"{L:>4} {'train s, peer/ours':<27} " +  # equal up to the peer's last batch
-              " ".join(f"{p['train_s']:>6,.0f}/{o['train_s']:<6,.0f}"
-                       for o, p in zip(ours["checkpoints"], peer["checkpoints"])))
-
+        peer_metrics(peer)
+        same = sum(ours["test_targets"].get(u) == t for u, t in peer["test_targets"].items())
+        print(f"\nL={L}: RecBole's and our leave-last-out test targets agree for {same:,} of "
+              f"{len(peer['test_targets']):,} users")
+        print(f"L={L}: RecBole's own evaluator, every item ranked: " + ", ".join(
+            f"NDCG@10 {c['recbole_ndcg@10']:.4f} / HR@10 {c['recbole_hr@10']:.4f} (from its scores here: "
+            f"{c['all']['ndcg@10']:.4f} / {c['all']['hr@10']:.4f})" for c in peer["checkpoints"]))
+    for convention, title in (("all", "every item ranked: RecBole's evaluator for sequential models and the "
+                                      "pipeline's default"),
+                              ("excluded", "each user's history items excluded: the published anchors' convention")):
+        pop = most_popular(convention == "excluded")
+        print(f"\nML-1M leave-last-out, {args.threads} threads, {title}\n"
+              f"most-popular baseline: test NDCG@10 {pop['ndcg@10']:.4f}, HR@10 {pop['hr@10']:.4f}")
+        print(f"{'L':>4} {'system':<16} {'targets/s':>10} {'s/epoch':>9} " +
+              " ".join(f"{f'NDCG@10 {m:g}m':>13} {'HR@10':>6}" for m in minutes))
+        for L, peer, ours in rows:
+            p_epoch = peer["epoch_s"] if peer["epoch_s"] else peer["epoch_samples"] / peer["samples_per_s"]
+            for name, tps, ep, cps in (("RecBole SASRec", peer["samples_per_s"], p_epoch, peer["checkpoints"]),
+                                       ("bfmscale id", ours["targets_per_s"], ours["epoch_s"], ours["checkpoints"])):
+                cells = " ".join(f"{c[convention]['ndcg@10']:>13.4f} {c[convention]['hr@10']:>6.4f}" for c in cps)
+                print(f"{L:>4} {name:<16} {tps:>10,.0f} {ep:>9,.0f} {cells}")
+            print(f"{L:>4} {'ratio ours/peer':<16} {ours['targets_per_s'] / peer['samples_per_s']:>10.1f}x " +
+                  " ".join(f"{o[convention]['ndcg@10'] / max(p[convention]['ndcg@10'], 1e-9):>12.1f}x {'':>6}"
+                           for o, p in zip(ours["checkpoints"], peer["checkpoints"])))
+            print(f"{L:>4} {'train s, peer/ours':<27} " +  # equal up to the peer's last batch
+                  " ".join(f"{p['train_s']:>6,.0f}/{o['train_s']:<6,.0f}"
+                           for o, p in zip(ours["checkpoints"], peer["checkpoints"])))
 
 if __name__ == "__main__":
     run(main)

@@ -218,22 +218,34 @@ def test_vs_recbole_evaluates_the_peer_at_the_time_ours_actually_trained(monkeyp
     calls = []
 
     def fake_ours(max_len, minutes, threads):  # budgets sized from a probe: here both overrun their checkpoint
-        return {"checkpoints": [{"minutes": m, "ndcg@10": 0.1, "hr@10": 0.2, "train_s": 66.0 * m} for m in minutes],
-                "targets_per_s": 1000.0, "epoch_s": 10.0}
+        cps = [{"minutes": m, "all": {"ndcg@10": 0.1, "hr@10": 0.2}, "excluded": {"ndcg@10": 0.3, "hr@10": 0.4},
+                "train_s": 66.0 * m} for m in minutes]
+        return {"checkpoints": cps, "targets_per_s": 1000.0, "epoch_s": 10.0, "test_targets": {"1": "5", "2": "8"}}
 
     def fake_peer(raw, max_len, marks, threads):
         calls.append((max_len, marks))
-        return {"checkpoints": [{"minutes": m, "ndcg@10": 0.05, "hr@10": 0.1, "train_s": 60.0 * m} for m in marks],
-                "samples_per_s": 10.0, "epoch_s": 100.0, "epoch_samples": 1000}
+        # target ranks over every item 1 and 20, with history excluded 1 and 2
+        cps = [{"minutes": m, "ranks": {"all": [1, 20], "excluded": [1, 2]}, "recbole_ndcg@10": 0.5,
+                "recbole_hr@10": 0.5, "train_s": 60.0 * m} for m in marks]
+        return {"checkpoints": cps, "samples_per_s": 10.0, "epoch_s": 100.0, "epoch_samples": 1000,
+                "test_targets": {"1": "5", "2": "7"}}
 
     monkeypatch.setattr(vs_recbole, "run_ours", fake_ours)
     monkeypatch.setattr(vs_recbole, "run_peer", fake_peer)
+    monkeypatch.setattr(vs_recbole, "peer_data", lambda: Path("unused"))
     monkeypatch.setattr(vs_recbole, "most_popular", lambda exclude_seen: {"ndcg@10": 0.01, "hr@10": 0.02})
     monkeypatch.setattr(sys, "argv", ["vs_recbole.py", "--minutes", "5,2", "--lengths", "50"])
     vs_recbole.main()
     assert calls == [(50, [2.2, 5.5])]  # ours' 132 s and 330 s, in minutes, in order
-    times = [line for line in capsys.readouterr().out.splitlines() if "train s, peer/ours" in line]
-    assert times and times[0].split()[-2:] == ["132/132", "330/330"]
+    out = capsys.readouterr().out
+    times = [line for line in out.splitlines() if "train s, peer/ours" in line]
+    assert len(times) == 2 and times[0].split()[-2:] == ["132/132", "330/330"]
+    assert "test targets agree for 1 of 2 users" in out
+    peer_rows = [line.split() for line in out.splitlines() if "RecBole SASRec" in line]
+    # every item: NDCG@10 (1 + 0) / 2, HR@10 1/2; history excluded: (1 + 1/log2(3)) / 2 = 0.8155, HR@10 1
+    assert [r[-4:] for r in peer_rows] == [["0.5000", "0.5000"] * 2, ["0.8155", "1.0000"] * 2]
+    ratios = [line.split() for line in out.splitlines() if "ratio ours/peer" in line]
+    assert [r[-2:] for r in ratios] == [["0.2x", "0.2x"], ["0.4x", "0.4x"]]  # 0.1 / 0.5 and 0.3 / 0.8155
     assert vs_recbole.equal_time_marks([{"train_s": 120.0}, {"train_s": 90.0}]) == [2.0, 2.0]  # never back in time
 
 
