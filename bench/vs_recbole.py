@@ -186,6 +186,7 @@ def run_ours(max_len: int, minutes: list[float], threads: int) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             res = train_run(cfg, ds, out_dir=tmp)
             every = test_metrics(cfg, ds, Path(tmp) / "model.pt", exclude_seen=False)
+        rate = res.info["flops_per_s"]  # the next schedule is sized from this run's rate, a longer probe than the first
         out.append({"minutes": m, "excluded": {k: res.metrics[f"test_{k}"] for k in ("ndcg@10", "hr@10")},
                     "all": {k: every[k] for k in ("ndcg@10", "hr@10")},
                     "tokens_per_s": res.info["tokens_per_s"], "train_s": res.info["train_time"],
