@@ -1,13 +1,13 @@
 """Side by side with the peer a user would pick instead: RecBole 1.2.1's SASRec vs our ID-only model, same data.
 
-ML-1M leave-last-out (data/prepared/ml-1m; see `peer_data` for how RecBole gets the same split), d=64, 2 layers, 2 heads, inner 256,
-dropout 0.2, full-softmax CE, Adam 1e-3, max length 50 and 200, the same torch threads, the same wall-clock
-checkpoints. RecBole runs in a throwaway virtualenv (bench/.peer/, git-ignored) made by this script: recbole is
-installed with --no-deps beside torch==2.13.0 (its pins would pull ray<=2.6.3), and driven through Config /
+ML-1M leave-last-out (data/prepared/ml-1m; see `peer_data` for how RecBole gets the same split), d=64, 2 layers, 2
+heads, inner 256, dropout 0.2, full-softmax CE, Adam 1e-3, max length 50 and 200, the same torch threads, the same
+wall-clock checkpoints. RecBole runs in a throwaway virtualenv (bench/.peer/, git-ignored) made by this script:
+recbole is installed with --no-deps beside torch==2.13.0 (its pins would pull ray<=2.6.3), and driven through Config /
 create_dataset / data_preparation / SASRec directly (recbole.quick_start imports ray). Ours trains first, one full
-schedule per checkpoint (a model whose FLOP budget fits that wall time at the rate a short probe measured; a box
-whose speed drifts makes it over- or undershoot); RecBole then trains continuously and is evaluated when its clock
-reaches the seconds ours actually trained for each checkpoint, so the two are compared at equal training time.
+schedule per checkpoint (a model whose FLOP budget fits that wall time at the rate a short probe measured; a box whose
+speed drifts makes it over- or undershoot); RecBole then trains continuously and is evaluated when its clock reaches
+the seconds ours actually trained for each checkpoint, so the two are compared at equal training time.
 Evaluation time is not counted, nor is RecBole's data loader: its clock runs over forward, backward and optimizer step
 only, while ours also counts building each batch. Both are ranked under both conventions, from the same trained model:
 over every item, which is what RecBole's evaluator does for sequential models (it masks history only for general
@@ -77,7 +77,8 @@ PEER_SCRIPT = textwrap.dedent('''
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     uid, iid = dataset.inter_feat["user_id"].numpy(), dataset.inter_feat["item_id"].numpy()
     order = np.argsort(uid, kind="stable")
-    items_of = {int(uid[g[0]]): torch.from_numpy(iid[g]) for g in np.split(order, np.flatnonzero(np.diff(uid[order])) + 1)}
+    groups = np.split(order, np.flatnonzero(np.diff(uid[order])) + 1)
+    items_of = {int(uid[g[0]]): torch.from_numpy(iid[g]) for g in groups}
 
     def target_ranks():
         # 1 + items scoring higher + the target's ties, as bfmscale.eval.ranking.pessimistic_ranks ranks; over every
@@ -160,9 +161,9 @@ def peer_data() -> Path:
     return PEER / "data"
 
 
-def run_peer(raw: Path, max_len: int, minutes: list[float], threads: int) -> dict:
+def run_peer(data_path: Path, max_len: int, minutes: list[float], threads: int) -> dict:
     env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
-    proc = subprocess.run([str(peer_python()), "-c", PEER_SCRIPT, str(raw), str(max_len), json.dumps(minutes),
+    proc = subprocess.run([str(peer_python()), "-c", PEER_SCRIPT, str(data_path), str(max_len), json.dumps(minutes),
                            str(threads)], stdout=subprocess.PIPE, text=True, env=env, cwd=PEER)
     if proc.returncode != 0:
         raise SystemExit(f"recbole run failed with exit code {proc.returncode} (its stderr is above)")
@@ -191,7 +192,8 @@ def run_ours(max_len: int, minutes: list[float], threads: int) -> dict:
                     "all": {k: every[k] for k in ("ndcg@10", "hr@10")},
                     "tokens_per_s": res.info["tokens_per_s"], "train_s": res.info["train_time"],
                     "epochs": res.info["epochs"]})
-    targets = {str(u): str(items[-1]) for u, items in zip(ds.sequences["user"], ds.sequences["items"])}  # peer_data's tokens
+    # each user's test target, in peer_data's tokens
+    targets = {str(u): str(items[-1]) for u, items in zip(ds.sequences["user"], ds.sequences["items"])}
     return {"checkpoints": out, "targets_per_s": float(np.mean([c["tokens_per_s"] for c in out])),
             "epoch_s": float(np.mean([c["train_s"] / c["epochs"] for c in out])), "test_targets": targets}
 
@@ -279,6 +281,7 @@ def main() -> None:
             print(f"{L:>4} {'train s, peer/ours':<27} " +  # equal up to the peer's last batch
                   " ".join(f"{p['train_s']:>6,.0f}/{o['train_s']:<6,.0f}"
                            for o, p in zip(ours["checkpoints"], peer["checkpoints"])))
+
 
 if __name__ == "__main__":
     run(main)
