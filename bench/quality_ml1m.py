@@ -23,7 +23,7 @@ from bfmscale.data.dataset import load_prepared
 from bfmscale.logging_setup import setup_logging
 from bfmscale.train.loop import train_run
 from bench_args import comma_list, positive, provenance, run
-from sasrec import SASREC, flops_per_second, test_metrics
+from sasrec import SASREC, checkpoint_test_metrics, flops_per_second
 
 QUALITY = SASREC + ["train.warmup_frac=0.01", "data.exclude_seen=true", "train.save_checkpoint=true"]
 
@@ -51,7 +51,7 @@ def main() -> None:
             m, i = res.metrics, res.info
             rows.append((emb, i["params"]["total"], budget, i["epochs"], i["precision"], i["train_time"], wall,
                          m["test_hr@10"], m["test_ndcg@10"], m["test_mrr"], m["test_ce"], "history excluded"))
-            a = test_metrics(cfg, ds, Path(tmp) / "model.pt", exclude_seen=False)
+            a = checkpoint_test_metrics(cfg, ds, Path(tmp) / "model.pt", exclude_seen=False)
             rows.append(("", "", "", "", "", "", "", a["hr@10"], a["ndcg@10"], a["mrr"], a["ce"], "nothing excluded"))
     print(f"\nML-1M leave-last-out, full ranking over {ds.n_items} items")
     print(f"{'embedder':<9} {'params':>9} {'FLOPs':>9} {'epochs':>7} {'prec':>5} {'train s':>8} {'wall s':>7} "

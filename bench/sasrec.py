@@ -34,7 +34,8 @@ def flops_per_second(overrides: list[str], ds: PreparedDataset) -> float:
     return float((last["flops"] - half["flops"]) / (last["train_time"] - half["train_time"]))
 
 
-def test_metrics(cfg: RunConfig, ds: PreparedDataset, checkpoint: Path, exclude_seen: bool) -> dict[str, float]:
+def checkpoint_test_metrics(cfg: RunConfig, ds: PreparedDataset, checkpoint: Path,
+                            exclude_seen: bool) -> dict[str, float]:
     """Reload a trained model (`train.save_checkpoint=true`) and rank the full catalog for each user's test target."""
     seqs = build_sequences(ds)
     model = BehaviorModel(cfg.model, build_catalog(ds, cfg.model.text_buckets), seqs.event_inputs)

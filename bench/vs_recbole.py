@@ -175,7 +175,7 @@ def run_ours(max_len: int, minutes: list[float], threads: int) -> dict:
     from bfmscale.config import load_run_config
     from bfmscale.data.dataset import load_prepared
     from bfmscale.train.loop import train_run
-    from sasrec import SASREC, flops_per_second, test_metrics
+    from sasrec import SASREC, checkpoint_test_metrics, flops_per_second
 
     ds = load_prepared(ROOT / "data/prepared/ml-1m")
     base = SASREC + [f"model.max_len={max_len}", "train.weight_decay=0.0", f"train.threads={threads}",
@@ -186,7 +186,7 @@ def run_ours(max_len: int, minutes: list[float], threads: int) -> dict:
         cfg = load_run_config(None, base + [f"train.flops={rate * 60 * m:.6g}"])
         with tempfile.TemporaryDirectory() as tmp:
             res = train_run(cfg, ds, out_dir=tmp)
-            every = test_metrics(cfg, ds, Path(tmp) / "model.pt", exclude_seen=False)
+            every = checkpoint_test_metrics(cfg, ds, Path(tmp) / "model.pt", exclude_seen=False)
         rate = res.info["flops_per_s"]  # the next schedule is sized from this run's rate, a longer probe than the first
         out.append({"minutes": m, "excluded": {k: res.metrics[f"test_{k}"] for k in ("ndcg@10", "hr@10")},
                     "all": {k: every[k] for k in ("ndcg@10", "hr@10")},
