@@ -76,7 +76,7 @@ def test_batches_go_by_window_length_and_rows_keep_the_users_order(tmp_path, mon
     seqs = build_sequences(ds)
     torch.manual_seed(0)
     model = BehaviorModel(ModelConfig(embedder="id", d_model=16, n_heads=2, max_len=8, dropout=0.0),
-                          build_catalog(ds, 64), 0)
+                          build_catalog(ds, 64))
     widths = []
     real = ranking.gather
     monkeypatch.setattr(ranking, "gather", lambda s, w: widths.append(int(w.lengths.max())) or real(s, w))
@@ -118,7 +118,7 @@ def shared_setup(tmp_path_factory):
     torch.manual_seed(0)
     catalog = build_catalog(ds, 64)
     model = BehaviorModel(ModelConfig(embedder="id", d_model=16, n_heads=2, n_layers=2, max_len=8, dropout=0.0),
-                          catalog, 0)
+                          catalog)
     return model, seqs, catalog
 
 

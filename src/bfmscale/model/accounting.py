@@ -61,9 +61,9 @@ def param_counts(cfg: ModelConfig, catalog: ItemCatalog, events: EventInputs = E
                                      + len(catalog.text) * (cfg.text_buckets + 1))
         dims = mlp_dims(cfg, catalog)
         embedder += sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
-        if cfg.use_event_features:
-            tables = sum(events.categorical) + sum(rows for rows, _ in events.multi)
-            embedder += (events.numeric * d + d if events.numeric else 0) + tables * d
+        events = events.used_by(cfg)
+        tables = sum(events.categorical) + sum(rows for rows, _ in events.multi)
+        embedder += (events.numeric * d + d if events.numeric else 0) + tables * d
     block = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (d * ff + ff) + (ff * d + d)
     transformer = L * block + 2 * d
     positions = cfg.max_len * d
@@ -116,8 +116,9 @@ def step_flops(cfg: ModelConfig, train: TrainConfig, catalog: ItemCatalog, shape
         if not frozen:
             emb_fwd += apps * mlp
             emb_bwd += 2 * apps * mlp - (0 if has_tables else apps * first)
-        if events.numeric and cfg.use_event_features:  # categorical and list-valued event features: gathers (0)
-            proj = 2 * P * events.numeric * d
+        n_numeric = events.used_by(cfg).numeric  # categorical and list-valued event features: gathers (0)
+        if n_numeric:
+            proj = 2 * P * n_numeric * d
             emb_fwd += proj
             emb_bwd += 0 if frozen else proj  # weight gradient only: the event features need none
 

@@ -18,7 +18,7 @@ class BehaviorModel(nn.Module):
     def __init__(self, cfg: ModelConfig, catalog: ItemCatalog, events: EventInputs = EventInputs()) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embedder = EventEmbedder(cfg, catalog, events if cfg.embedder == "features" else EventInputs())
+        self.embedder = EventEmbedder(cfg, catalog, events)
         self.contextualizer = Contextualizer(cfg)
         self.cache: torch.Tensor | None = None
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from bfmscale.config import ModelConfig
 from bfmscale.data.dataset import PreparedDataset
 from bfmscale.errors import BfmError
 
@@ -105,6 +106,11 @@ class EventInputs:
     @property
     def width(self) -> int:
         return self.numeric + len(self.categorical) + sum(w for _, w in self.multi)
+
+    def used_by(self, cfg: ModelConfig) -> EventInputs:
+        """The event features a model of `cfg` reads: all of them for a feature embedder that uses event features,
+        else none (an ID table has no event inputs)."""
+        return self if cfg.embedder == "features" and cfg.use_event_features else EventInputs()
 
 
 def build_event_features(ds: PreparedDataset) -> tuple[torch.Tensor | None, EventInputs]:

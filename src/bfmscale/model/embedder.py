@@ -29,8 +29,7 @@ class EventEmbedder(nn.Module):
         self.n_items = catalog.n_items  # real items I (codes 1..I)
         n = catalog.n_items + 1
         d = cfg.d_model
-        self.event_inputs = events if cfg.use_event_features else EventInputs()  # the layout events() reads
-        events = self.event_inputs
+        self.event_inputs = events = events.used_by(cfg)  # the layout events() reads
         self.event_proj = nn.Linear(events.numeric, d) if events.numeric else None
         self.event_tables = nn.ModuleList(nn.Embedding(rows, d, padding_idx=0) for rows in events.categorical)
         self.event_bags = nn.ModuleList(nn.EmbeddingBag(rows, d, mode="mean", padding_idx=0)

@@ -7,7 +7,7 @@ import gc
 import logging
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +196,9 @@ def train_run(cfg: RunConfig, ds: PreparedDataset | None = None, out_dir: Path |
     if tc.objective == "sampled" and tc.n_negatives >= catalog.n_items:
         raise BfmError(f"train.n_negatives is {tc.n_negatives}; expected fewer than the catalog's {catalog.n_items} items")
     seqs = build_sequences(ds)
-    events = seqs.event_inputs  # model and accounting use them only for a feature embedder that asks for them
+    events = seqs.event_inputs  # model and accounting read only what `EventInputs.used_by` gives them
+    if not events.used_by(mc).width:  # e.g. an ID model on ML-1M's ratings: no [B, T, F] gather per step and batch
+        seqs = replace(seqs, features=None)
     model = BehaviorModel(mc, catalog, events)
     if tc.init_from:
         path = Path(tc.init_from)
