@@ -16,7 +16,10 @@ user's history items excluded, the convention of the published SASRec / HSTU anc
 computed from its `full_sort_predict` scores with the same pessimistic ties as ours, and its own evaluator is run
 beside them as a check. Precision is each side's default: RecBole's `enable_amp` is off (fp32); ours is `auto` (bf16
 autocast where the CPU has native bf16, fp32 where it has not). Prints training targets/s, seconds per epoch, test
-NDCG@10 / HR@10 at each checkpoint, and a most-popular baseline.
+NDCG@10 / HR@10 at each checkpoint, and a most-popular baseline. NDCG@10 is bounded, so its ratio shrinks as both
+models near convergence; "a good model sooner" is also printed as time to quality: RecBole's test targets are ranked
+every `--curve` minutes of its training too, and for each NDCG@10 ours reached (and RecBole's last) the bench gives
+when each side first reached it and how much sooner ours got there, at least.
 
     .venv/bin/python bench/vs_recbole.py --quick             # checkpoints 2 and 5 minutes, L=50 only
     .venv/bin/python bench/vs_recbole.py                     # 10, 25 and 60 minutes, L=50 and 200
@@ -100,7 +103,7 @@ PEER_SCRIPT = textwrap.dedent('''
         return ranks, users, targets
 
     samples, clock, out, epoch_s = 0, 0.0, [], None
-    pending = list(checkpoints)
+    pending = [tuple(c) for c in checkpoints]  # (minutes, whether it is an equal-time mark), in time order
     epochs = 0
     while pending:
         t_epoch = 0.0
@@ -112,12 +115,19 @@ PEER_SCRIPT = textwrap.dedent('''
             dt = time.perf_counter() - t
             clock += dt; t_epoch += dt
             samples += len(batch)
-            if clock >= 60 * pending[0]:
-                res = trainer.evaluate(test, load_best_model=False, show_progress=False)
+            if clock >= 60 * pending[0][0]:
+                due = []
+                while pending and clock >= 60 * pending[0][0]:
+                    due.append(pending.pop(0))
                 ranks, users, targets = target_ranks()
-                out.append({"minutes": pending.pop(0), "ranks": ranks, "samples": samples, "train_s": clock,
-                            "recbole_ndcg@10": float(res["ndcg@10"]), "recbole_hr@10": float(res["hit@10"])})
-                print(json.dumps({k: v for k, v in out[-1].items() if k != "ranks"}), file=sys.stderr, flush=True)
+                check = {}
+                if any(c for _, c in due):  # RecBole's own evaluator, beside our ranks, at the equal-time marks
+                    res = trainer.evaluate(test, load_best_model=False, show_progress=False)
+                    check = {"recbole_ndcg@10": float(res["ndcg@10"]), "recbole_hr@10": float(res["hit@10"])}
+                for m, c in due:
+                    out.append({"minutes": m, "check": c, "ranks": ranks, "samples": samples, "train_s": clock,
+                                **(check if c else {})})
+                    print(json.dumps({k: v for k, v in out[-1].items() if k != "ranks"}), file=sys.stderr, flush=True)
                 if not pending:
                     break
         else:
@@ -161,9 +171,11 @@ def peer_data() -> Path:
     return PEER / "data"
 
 
-def run_peer(data_path: Path, max_len: int, minutes: list[float], threads: int) -> dict:
+def run_peer(data_path: Path, max_len: int, marks: list[tuple[float, bool]], threads: int) -> dict:
+    """Train RecBole's SASRec through `marks` (minutes of its training clock, in order, each flagged when it is an
+    equal-time mark, where RecBole's own evaluator also runs); its target ranks at every mark."""
     env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
-    proc = subprocess.run([str(peer_python()), "-c", PEER_SCRIPT, str(data_path), str(max_len), json.dumps(minutes),
+    proc = subprocess.run([str(peer_python()), "-c", PEER_SCRIPT, str(data_path), str(max_len), json.dumps(marks),
                            str(threads)], stdout=subprocess.PIPE, text=True, env=env, cwd=PEER)
     if proc.returncode != 0:
         raise SystemExit(f"recbole run failed with exit code {proc.returncode} (its stderr is above)")
@@ -214,6 +226,42 @@ def equal_time_marks(checkpoints: list[dict]) -> list[float]:
     return [float(m) for m in np.maximum.accumulate([c["train_s"] / 60 for c in checkpoints])]
 
 
+def peer_marks(equal_time: list[float], every: float) -> list[tuple[float, bool]]:
+    """The equal-time marks (flagged True) and a learning-curve mark every `every` minutes before the last of them."""
+    n = int(np.ceil(max(equal_time) / every))
+    curve = [every * k for k in range(1, n)]
+    return sorted([(m, True) for m in equal_time] + [(m, False) for m in curve])
+
+
+def first_reached(points: list[tuple[float, float]], quality: float) -> tuple[float, float | None]:
+    """When a run, seen at (training seconds, NDCG@10) points in time order, first reached `quality`: the bracket
+    (last point before, first point at or above), or (last point, None) when it never did."""
+    before = 0.0
+    for t, q in points:
+        if q >= quality:
+            return before, t
+        before = t
+    return before, None
+
+
+def time_to_quality(ours: list[dict], curve: list[dict], convention: str) -> list[str]:
+    """For each NDCG@10 ours reached at a checkpoint, and for RecBole's last: how long each side trained to reach it
+    and how much sooner ours got there, at least (RecBole's earliest possible time over ours' latest)."""
+    ours_pts = [(c["train_s"], c[convention]["ndcg@10"]) for c in ours]
+    peer_pts = [(c["train_s"], c[convention]["ndcg@10"]) for c in curve]
+    targets = [(q, f"ours after {t:,.0f} s") for t, q in ours_pts]
+    targets.append((peer_pts[-1][1], f"RecBole after {peer_pts[-1][0]:,.0f} s"))
+    lines = []
+    for q, where in targets:
+        o_lo, o_hi = first_reached(ours_pts, q)
+        p_lo, p_hi = first_reached(peer_pts, q)
+        peer = f"{p_lo:,.0f}-{p_hi:,.0f} s" if p_hi is not None else f"not within its {p_lo:,.0f} s"
+        ours_s = f"<= {o_hi:,.0f} s" if o_hi is not None else f"not within {o_lo:,.0f} s"
+        sooner = f">= {p_lo / o_hi:.1f}x sooner" if o_hi is not None and p_lo > 0 else "no bound"
+        lines.append(f"NDCG@10 {q:.4f} ({where}): ours {ours_s}, RecBole {peer}: {sooner}")
+    return lines
+
+
 def most_popular(exclude_seen: bool) -> dict[str, float]:
     """Rank items by training popularity for every user; test HR@10 / NDCG@10 with our evaluation."""
     from bfmscale.config import ModelConfig
@@ -241,6 +289,9 @@ def main() -> None:
     ap.add_argument("--minutes", type=comma_list(float), default=None,
                     help="comma list of wall-clock checkpoints (default 10,25,60)")
     ap.add_argument("--lengths", type=comma_list(int), default=None, help="comma list of max lengths (default 50,200)")
+    ap.add_argument("--curve", type=positive(float), default=None,
+                    help="RecBole's learning curve: also rank its test targets every this many training minutes "
+                         "(default 5; 1 with --quick), for the time each side takes to reach a quality")
     args = ap.parse_args()
     print(provenance(), flush=True)
     setup_logging()  # our training runs report progress at INFO, as RecBole's checkpoints do on stderr
@@ -251,10 +302,13 @@ def main() -> None:
     rows = []
     for L in lengths:
         ours = run_ours(L, minutes, args.threads)
-        peer = run_peer(peer_raw, L, equal_time_marks(ours["checkpoints"]), args.threads)
+        marks = peer_marks(equal_time_marks(ours["checkpoints"]), args.curve or (1.0 if args.quick else 5.0))
+        peer = run_peer(peer_raw, L, marks, args.threads)
         rows.append((L, peer, ours))
     for L, peer, ours in rows:
         peer_metrics(peer)
+        peer["curve"] = peer.pop("checkpoints")  # every mark, in time order; the equal-time ones are compared
+        peer["checkpoints"] = [c for c in peer["curve"] if c["check"]]
         same = sum(ours["test_targets"].get(u) == t for u, t in peer["test_targets"].items())
         print(f"\nL={L}: RecBole's and our leave-last-out test targets agree for {same:,} of "
               f"{len(peer['test_targets']):,} users")
@@ -281,6 +335,12 @@ def main() -> None:
             print(f"{L:>4} {'train s, peer/ours':<27} " +  # equal up to the peer's last batch
                   " ".join(f"{p['train_s']:>6,.0f}/{o['train_s']:<6,.0f}"
                            for o, p in zip(ours["checkpoints"], peer["checkpoints"])))
+        for L, peer, ours in rows:
+            print(f"L={L}, RecBole's NDCG@10 by training seconds: " +
+                  ", ".join(f"{c['train_s']:,.0f} {c[convention]['ndcg@10']:.4f}" for c in peer["curve"]))
+            print(f"L={L}, training time to reach an NDCG@10:")
+            for line in time_to_quality(ours["checkpoints"], peer["curve"], convention):
+                print(f"  {line}")
 
 
 if __name__ == "__main__":

@@ -218,15 +218,19 @@ def test_vs_recbole_evaluates_the_peer_at_the_time_ours_actually_trained(monkeyp
     calls = []
 
     def fake_ours(max_len, minutes, threads):  # budgets sized from a probe: here both overrun their checkpoint
-        cps = [{"minutes": m, "all": {"ndcg@10": 0.1, "hr@10": 0.2}, "excluded": {"ndcg@10": 0.3, "hr@10": 0.4},
-                "train_s": 66.0 * m} for m in minutes]
+        ndcg = {2.0: (0.1, 0.3), 5.0: (0.6, 0.9)}  # every item, history excluded
+        cps = [{"minutes": m, "all": {"ndcg@10": ndcg[m][0], "hr@10": 0.2},
+                "excluded": {"ndcg@10": ndcg[m][1], "hr@10": 0.4}, "train_s": 66.0 * m} for m in minutes]
         return {"checkpoints": cps, "targets_per_s": 1000.0, "epoch_s": 10.0, "test_targets": {"1": "5", "2": "8"}}
 
     def fake_peer(raw, max_len, marks, threads):
         calls.append((max_len, marks))
-        # target ranks over every item 1 and 20, with history excluded 1 and 2
-        cps = [{"minutes": m, "ranks": {"all": [1, 20], "excluded": [1, 2]}, "recbole_ndcg@10": 0.5,
-                "recbole_hr@10": 0.5, "train_s": 60.0 * m} for m in marks]
+        # target ranks at the equal-time marks: over every item 1 and 20, with history excluded 1 and 2; on the
+        # curve, after 2 minutes both 20 (NDCG@10 0), after 4 minutes the best (1 and 1: NDCG@10 1)
+        curve = {2.0: {"all": [20, 20], "excluded": [20, 20]}, 4.0: {"all": [1, 1], "excluded": [1, 2]}}
+        cps = [{"minutes": m, "check": check, "ranks": {"all": [1, 20], "excluded": [1, 2]} if check else curve[m],
+                "train_s": 60.0 * m, **({"recbole_ndcg@10": 0.5, "recbole_hr@10": 0.5} if check else {})}
+               for m, check in marks]
         return {"checkpoints": cps, "samples_per_s": 10.0, "epoch_s": 100.0, "epoch_samples": 1000,
                 "test_targets": {"1": "5", "2": "7"}}
 
@@ -234,9 +238,10 @@ def test_vs_recbole_evaluates_the_peer_at_the_time_ours_actually_trained(monkeyp
     monkeypatch.setattr(vs_recbole, "run_peer", fake_peer)
     monkeypatch.setattr(vs_recbole, "peer_data", lambda: Path("unused"))
     monkeypatch.setattr(vs_recbole, "most_popular", lambda exclude_seen: {"ndcg@10": 0.01, "hr@10": 0.02})
-    monkeypatch.setattr(sys, "argv", ["vs_recbole.py", "--minutes", "5,2", "--lengths", "50"])
+    monkeypatch.setattr(sys, "argv", ["vs_recbole.py", "--minutes", "5,2", "--lengths", "50", "--curve", "2"])
     vs_recbole.main()
-    assert calls == [(50, [2.2, 5.5])]  # ours' 132 s and 330 s, in minutes, in order
+    # ours' 132 s and 330 s, in minutes, in order, with the curve's marks every 2 minutes before the last
+    assert calls == [(50, [(2.0, False), (2.2, True), (4.0, False), (5.5, True)])]
     out = capsys.readouterr().out
     times = [line for line in out.splitlines() if "train s, peer/ours" in line]
     assert len(times) == 2 and times[0].split()[-2:] == ["132/132", "330/330"]
@@ -245,8 +250,35 @@ def test_vs_recbole_evaluates_the_peer_at_the_time_ours_actually_trained(monkeyp
     # every item: NDCG@10 (1 + 0) / 2, HR@10 1/2; history excluded: (1 + 1/log2(3)) / 2 = 0.8155, HR@10 1
     assert [r[-4:] for r in peer_rows] == [["0.5000", "0.5000"] * 2, ["0.8155", "1.0000"] * 2]
     ratios = [line.split() for line in out.splitlines() if "ratio ours/peer" in line]
-    assert [r[-2:] for r in ratios] == [["0.2x", "0.2x"], ["0.4x", "0.4x"]]  # 0.1 / 0.5 and 0.3 / 0.8155
+    assert [r[-2:] for r in ratios] == [["0.2x", "1.2x"], ["0.4x", "1.1x"]]  # 0.1 / 0.5, 0.6 / 0.5, 0.3 / 0.8155, ...
+    curves = [line for line in out.splitlines() if "NDCG@10 by training seconds" in line]
+    assert curves == ["L=50, RecBole's NDCG@10 by training seconds: 120 0.0000, 132 0.5000, 240 1.0000, 330 0.5000",
+                      "L=50, RecBole's NDCG@10 by training seconds: 120 0.0000, 132 0.8155, 240 0.8155, 330 0.8155"]
+    reach = [line.strip() for line in out.splitlines() if line.startswith("  NDCG@10")]
+    assert reach == [
+        # every item: RecBole first reached 0.1 between 120 and 132 s, ours by 132 s
+        "NDCG@10 0.1000 (ours after 132 s): ours <= 132 s, RecBole 120-132 s: >= 0.9x sooner",
+        "NDCG@10 0.6000 (ours after 330 s): ours <= 330 s, RecBole 132-240 s: >= 0.4x sooner",
+        "NDCG@10 0.5000 (RecBole after 330 s): ours <= 330 s, RecBole 120-132 s: >= 0.4x sooner",
+        # history excluded: RecBole never reached 0.9 in its 330 s
+        "NDCG@10 0.3000 (ours after 132 s): ours <= 132 s, RecBole 120-132 s: >= 0.9x sooner",
+        "NDCG@10 0.9000 (ours after 330 s): ours <= 330 s, RecBole not within its 330 s: >= 1.0x sooner",
+        "NDCG@10 0.8155 (RecBole after 330 s): ours <= 330 s, RecBole 120-132 s: >= 0.4x sooner",
+    ]
     assert vs_recbole.equal_time_marks([{"train_s": 120.0}, {"train_s": 90.0}]) == [2.0, 2.0]  # never back in time
+
+
+def test_vs_recbole_time_to_quality_brackets_first_reach(bench_modules):
+    import vs_recbole
+
+    pts = [(60.0, 0.1), (120.0, 0.3), (180.0, 0.2)]
+    assert vs_recbole.first_reached(pts, 0.05) == (0.0, 60.0)  # at the first point: no lower bound but 0
+    assert vs_recbole.first_reached(pts, 0.25) == (60.0, 120.0)
+    assert vs_recbole.first_reached(pts, 0.4) == (180.0, None)  # never
+    lines = vs_recbole.time_to_quality([{"train_s": 30.0, "all": {"ndcg@10": 0.05}}],
+                                       [{"train_s": t, "all": {"ndcg@10": q}} for t, q in pts], "all")
+    assert lines[0] == "NDCG@10 0.0500 (ours after 30 s): ours <= 30 s, RecBole 0-60 s: no bound"
+    assert lines[1] == "NDCG@10 0.2000 (RecBole after 180 s): ours not within 30 s, RecBole 60-120 s: no bound"
 
 
 def test_envelope_times_an_isoflop_sweep_and_sizes_the_envelope(tmp_path, monkeypatch, capsys, bench_modules):
