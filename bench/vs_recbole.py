@@ -233,6 +233,12 @@ def peer_marks(equal_time: list[float], every: float) -> list[tuple[float, bool]
     return sorted([(m, True) for m in equal_time] + [(m, False) for m in curve])
 
 
+def distinct_points(marks: list[dict]) -> list[dict]:
+    """The peer's learning curve: its marks in time order, one per evaluation (marks that fell due after the same
+    batch share one)."""
+    return [c for i, c in enumerate(marks) if i == 0 or c["train_s"] != marks[i - 1]["train_s"]]
+
+
 def first_reached(points: list[tuple[float, float]], quality: float) -> tuple[float, float | None]:
     """When a run, seen at (training seconds, NDCG@10) points in time order, first reached `quality`: the bracket
     (last point before, first point at or above), or (last point, None) when it never did."""
@@ -307,8 +313,9 @@ def main() -> None:
         rows.append((L, peer, ours))
     for L, peer, ours in rows:
         peer_metrics(peer)
-        peer["curve"] = peer.pop("checkpoints")  # every mark, in time order; the equal-time ones are compared
-        peer["checkpoints"] = [c for c in peer["curve"] if c["check"]]
+        marks = peer.pop("checkpoints")
+        peer["checkpoints"] = [c for c in marks if c["check"]]  # the equal-time ones are compared
+        peer["curve"] = distinct_points(marks)
         same = sum(ours["test_targets"].get(u) == t for u, t in peer["test_targets"].items())
         print(f"\nL={L}: RecBole's and our leave-last-out test targets agree for {same:,} of "
               f"{len(peer['test_targets']):,} users")

@@ -275,6 +275,8 @@ def test_vs_recbole_time_to_quality_brackets_first_reach(bench_modules):
     assert vs_recbole.first_reached(pts, 0.05) == (0.0, 60.0)  # at the first point: no lower bound but 0
     assert vs_recbole.first_reached(pts, 0.25) == (60.0, 120.0)
     assert vs_recbole.first_reached(pts, 0.4) == (180.0, None)  # never
+    same_batch = [{"train_s": 121.0, "check": False}, {"train_s": 121.0, "check": True}, {"train_s": 182.0}]
+    assert [c["train_s"] for c in vs_recbole.distinct_points(same_batch)] == [121.0, 182.0]
     lines = vs_recbole.time_to_quality([{"train_s": 30.0, "all": {"ndcg@10": 0.05}}],
                                        [{"train_s": t, "all": {"ndcg@10": q}} for t, q in pts], "all")
     assert lines[0] == "NDCG@10 0.0500 (ours after 30 s): ours <= 30 s, RecBole 0-60 s: no bound"
