@@ -1,14 +1,18 @@
-"""The environment is pinned: pyproject and environment.yml agree, CI and README name the two set-up commands."""
+"""The environment is pinned: pyproject and environment.yml agree, CI and README name the two set-up commands, and
+dvc.lock records the code its stages ran with."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
 import tomllib
 
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, VENV_BIN
 
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!_-]+)$")
 
@@ -109,3 +113,33 @@ def test_markers_are_declared(pyproject):
     assert "--strict-markers" in ini["addopts"]
     names = {m.split(":", 1)[0] for m in ini["markers"]}
     assert {"data", "slow"} <= names
+
+
+def stale_stages(status: dict) -> dict[str, list]:
+    """From `dvc status --json`: each stage whose dependencies (code, params) or command differ from dvc.lock, and
+    what differs; outputs merely missing from the cache (a fresh clone) do not count."""
+    stale = {}
+    for stage, changes in status.items():
+        found = [c for c in changes if not (isinstance(c, dict) and set(c) == {"changed outs"})]
+        if found:
+            stale[stage] = found
+    return stale
+
+
+def test_stale_stages_ignores_missing_outputs_only():
+    status = {"fetch": [{"changed outs": {"data/raw": "not in cache"}}],
+              "prepare": [{"changed deps": {"src/bfmscale/data": "modified"}},
+                          {"changed outs": {"data/prepared": "not in cache"}}],
+              "report": ["changed command"]}
+    assert stale_stages(status) == {"prepare": [{"changed deps": {"src/bfmscale/data": "modified"}}],
+                                    "report": ["changed command"]}
+
+
+def test_dvc_lock_records_the_code_the_stages_ran_with():
+    """The committed dvc.lock names the code, params and commands that made the outputs: `make reproduce` (and
+    committing dvc.lock) after changing a stage's code."""
+    proc = subprocess.run([str(VENV_BIN / "dvc"), "status", "--json"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    stale = stale_stages(json.loads(proc.stdout or "{}"))
+    assert not stale, f"dvc.lock is stale (run `make reproduce` and commit dvc.lock): {stale}"
