@@ -115,24 +115,43 @@ def test_markers_are_declared(pyproject):
     assert {"data", "slow"} <= names
 
 
-def stale_stages(status: dict) -> dict[str, list]:
-    """From `dvc status --json`: each stage whose dependencies (code, params) or command differ from dvc.lock, and
-    what differs; outputs merely missing from the cache (a fresh clone) do not count."""
+def stage_outputs(dvc_yaml: dict) -> set[str]:
+    """Every path a stage of dvc.yaml writes (an out is a path, or a path with options)."""
+    outs = (out for stage in dvc_yaml["stages"].values() for out in stage.get("outs", []))
+    return {out if isinstance(out, str) else next(iter(out)) for out in outs}
+
+
+def stale_stages(status: dict, produced: set[str]) -> dict[str, list]:
+    """From `dvc status --json`: each stage whose code, params or command differ from dvc.lock, and what differs.
+    Not counted: outputs missing from the cache, and inputs that another stage produces (a fresh clone has neither;
+    DVC checks those through the producing stage's outputs)."""
     stale = {}
     for stage, changes in status.items():
-        found = [c for c in changes if not (isinstance(c, dict) and set(c) == {"changed outs"})]
+        found = []
+        for change in changes:
+            if isinstance(change, dict) and "changed outs" in change:
+                continue
+            if isinstance(change, dict) and "changed deps" in change:
+                deps = {path: how for path, how in change["changed deps"].items() if path not in produced}
+                change = {"changed deps": deps} if deps else None
+            if change:
+                found.append(change)
         if found:
             stale[stage] = found
     return stale
 
 
-def test_stale_stages_ignores_missing_outputs_only():
+def test_stale_stages_counts_code_params_and_commands_only():
     status = {"fetch": [{"changed outs": {"data/raw": "not in cache"}}],
-              "prepare": [{"changed deps": {"src/bfmscale/data": "modified"}},
+              "prepare": [{"changed deps": {"data/raw": "deleted", "src/bfmscale/data": "modified"}},
                           {"changed outs": {"data/prepared": "not in cache"}}],
+              "data_profile": [{"changed deps": {"data/prepared": "deleted"}}],
               "report": ["changed command"]}
-    assert stale_stages(status) == {"prepare": [{"changed deps": {"src/bfmscale/data": "modified"}}],
-                                    "report": ["changed command"]}
+    produced = stage_outputs({"stages": {"fetch": {"outs": [{"data/raw": {"persist": True}}]},
+                                         "prepare": {"outs": ["data/prepared"]}}})
+    assert produced == {"data/raw", "data/prepared"}
+    assert stale_stages(status, produced) == {"prepare": [{"changed deps": {"src/bfmscale/data": "modified"}}],
+                                              "report": ["changed command"]}
 
 
 def test_dvc_lock_records_the_code_the_stages_ran_with():
@@ -141,5 +160,6 @@ def test_dvc_lock_records_the_code_the_stages_ran_with():
     proc = subprocess.run([str(VENV_BIN / "dvc"), "status", "--json"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     assert proc.returncode == 0, proc.stderr
-    stale = stale_stages(json.loads(proc.stdout or "{}"))
+    produced = stage_outputs(yaml.safe_load((ROOT / "dvc.yaml").read_text()))
+    stale = stale_stages(json.loads(proc.stdout or "{}"), produced)
     assert not stale, f"dvc.lock is stale (run `make reproduce` and commit dvc.lock): {stale}"
